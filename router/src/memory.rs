@@ -1,0 +1,286 @@
+//! The single-node router: every mailbox in process memory.
+//!
+//! Mailboxes are spread over shards, each a `std::sync::Mutex` around a map,
+//! so sessions on different cores rarely meet on the same lock. A lock is
+//! held only for in-memory work (no `.await`, no I/O: pushing to a session is
+//! a non-blocking channel send), which is why a blocking mutex is right here.
+//!
+//! A send touches two mailboxes, the sender's (de-duplication) and the
+//! recipient's (queue), and holds both shard locks, taken in shard order so
+//! two sends can never deadlock, for the whole check-queue-record step: two
+//! sessions of one device racing with the same `client_msg_id` cannot both
+//! queue it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use parley_proto::v1::{CloseReason, ReceiptKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::{IdGenerator, now_ms};
+use crate::mailbox::{Entry, Live, Mailbox};
+use crate::{Accepted, Attached, Device, Outgoing, Router, RouterError, SessionId, UserId, frames};
+
+/// Settings of the memory router.
+#[derive(Clone, Debug)]
+pub struct MemoryConfig {
+    /// Deliveries and receipts a session may have unacknowledged at once.
+    /// Larger windows hide more round trips on a slow link but hold more
+    /// frames per session in memory.
+    pub window: usize,
+    /// How many of a device's most recent `client_msg_id`s are remembered
+    /// for de-duplication of resends.
+    pub dedupe_horizon: usize,
+    /// Number of mailbox shards (locks).
+    pub shards: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            window: 64,
+            dedupe_horizon: 128,
+            shards: 64,
+        }
+    }
+}
+
+type Shard = HashMap<UserId, Mailbox>;
+
+/// A cheap clonable handle to the single-node router.
+#[derive(Clone, Debug)]
+pub struct MemoryRouter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: MemoryConfig,
+    shards: Box<[Mutex<Shard>]>,
+    /// Message and receipt ids.
+    ids: IdGenerator,
+    /// Session ids, only to tell sessions of one device apart.
+    sessions: AtomicU64,
+}
+
+impl MemoryRouter {
+    pub fn new(config: MemoryConfig) -> Self {
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::new()))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                shards,
+                ids: IdGenerator::default(),
+                sessions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn shard_of(&self, user: UserId) -> usize {
+        // Fibonacci hashing: user ids are random, but spreading them does
+        // not cost anything and protects against any pattern in them.
+        let hash = user.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (hash >> 32) as usize % self.inner.shards.len()
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        // A panic while a shard was locked leaves it as consistent as the
+        // panicking step left it; refusing service for all of its users
+        // would be worse.
+        self.inner.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn window(&self) -> usize {
+        self.inner.config.window
+    }
+
+    fn send_now(&self, from: Device, msg: Outgoing) -> Accepted {
+        let (from_shard, to_shard) = (self.shard_of(from.user), self.shard_of(msg.to));
+        let low = from_shard.min(to_shard);
+        let mut first = self.lock(low);
+        let mut second = (from_shard != to_shard).then(|| self.lock(from_shard.max(to_shard)));
+        if let Some(sender) =
+            pick(low, &mut first, second.as_deref_mut(), from_shard).get(&from.user)
+        {
+            if let Some((message_id, timestamp_ms)) =
+                sender.sent_before(from.device, msg.client_msg_id)
+            {
+                return Accepted {
+                    message_id,
+                    timestamp_ms,
+                    duplicate: true,
+                };
+            }
+        }
+
+        // The id is taken under the recipient's lock, so ids in a mailbox
+        // increase in queue order.
+        let message_id = self.inner.ids.next();
+        let timestamp_ms = now_ms();
+        let frame = frames::deliver(message_id, from.user, timestamp_ms, msg.body);
+        pick(low, &mut first, second.as_deref_mut(), to_shard)
+            .entry(msg.to)
+            .or_default()
+            .push(
+                Entry {
+                    id: message_id,
+                    sender: Some(from.user),
+                    frame,
+                },
+                self.window(),
+            );
+        pick(low, &mut first, second.as_deref_mut(), from_shard)
+            .entry(from.user)
+            .or_default()
+            .record_sent(
+                from.device,
+                msg.client_msg_id,
+                message_id,
+                timestamp_ms,
+                self.inner.config.dedupe_horizon,
+            );
+        Accepted {
+            message_id,
+            timestamp_ms,
+            duplicate: false,
+        }
+    }
+
+    /// Queues a receipt for `to` about messages of `by`.
+    fn queue_receipt(&self, to: UserId, kind: ReceiptKind, by: UserId, message_ids: Vec<u64>) {
+        let mut shard = self.lock(self.shard_of(to));
+        let receipt_id = self.inner.ids.next();
+        let frame = frames::receipt(receipt_id, kind, by, message_ids, now_ms());
+        shard.entry(to).or_default().push(
+            Entry {
+                id: receipt_id,
+                sender: None,
+                frame,
+            },
+            self.window(),
+        );
+    }
+
+    /// Removes entries from `user`'s mailbox and pushes what the window now
+    /// has room for. Returns the removed messages' ids grouped by sender.
+    fn remove_entries(&self, user: UserId, ids: &[u64]) -> Vec<(UserId, Vec<u64>)> {
+        let mut by_sender: Vec<(UserId, Vec<u64>)> = Vec::new();
+        let mut shard = self.lock(self.shard_of(user));
+        let Some(mailbox) = shard.get_mut(&user) else {
+            return by_sender;
+        };
+        for &id in ids {
+            let Some(sender) = mailbox.remove(id).and_then(|e| e.sender) else {
+                continue;
+            };
+            match by_sender.iter_mut().find(|(s, _)| *s == sender) {
+                Some((_, ids)) => ids.push(id),
+                None => by_sender.push((sender, vec![id])),
+            }
+        }
+        mailbox.pump(self.window());
+        if mailbox.is_idle() {
+            shard.remove(&user);
+        }
+        by_sender
+    }
+
+    #[cfg(test)]
+    fn queued(&self, user: UserId) -> usize {
+        self.lock(self.shard_of(user))
+            .get(&user)
+            .map_or(0, Mailbox::len)
+    }
+}
+
+/// The shard guard for `shard`, of the one or two locked in [`MemoryRouter::send_now`].
+fn pick<'a>(
+    low: usize,
+    first: &'a mut Shard,
+    second: Option<&'a mut Shard>,
+    shard: usize,
+) -> &'a mut Shard {
+    match second {
+        Some(second) if shard != low => second,
+        _ => first,
+    }
+}
+
+impl Default for MemoryRouter {
+    fn default() -> Self {
+        Self::new(MemoryConfig::default())
+    }
+}
+
+impl Router for MemoryRouter {
+    async fn attach(&self, device: Device) -> Result<Attached, RouterError> {
+        // One slot more than the window, for the queue-empty marker.
+        let (frames_tx, frames) = mpsc::channel(self.window() + 1);
+        let (close_tx, closed) = oneshot::channel();
+        let id = SessionId(self.inner.sessions.fetch_add(1, Ordering::Relaxed) + 1);
+        let live = Live {
+            id,
+            device: device.device,
+            frames: frames_tx,
+            close: Some(close_tx),
+        };
+        self.lock(self.shard_of(device.user))
+            .entry(device.user)
+            .or_default()
+            .attach(live, self.window());
+        Ok(Attached { id, frames, closed })
+    }
+
+    async fn detach(&self, device: Device, session: SessionId) {
+        let mut shard = self.lock(self.shard_of(device.user));
+        if let Some(mailbox) = shard.get_mut(&device.user) {
+            mailbox.detach(session);
+            if mailbox.is_idle() {
+                shard.remove(&device.user);
+            }
+        }
+    }
+
+    async fn send(&self, from: Device, msg: Outgoing) -> Result<Accepted, RouterError> {
+        Ok(self.send_now(from, msg))
+    }
+
+    async fn ack_delivery(&self, device: Device, message_ids: &[u64]) -> Result<(), RouterError> {
+        for (sender, ids) in self.remove_entries(device.user, message_ids) {
+            self.queue_receipt(sender, ReceiptKind::Delivered, device.user, ids);
+        }
+        Ok(())
+    }
+
+    async fn mark_read(
+        &self,
+        device: Device,
+        to: UserId,
+        message_ids: Vec<u64>,
+    ) -> Result<(), RouterError> {
+        if !message_ids.is_empty() {
+            self.queue_receipt(to, ReceiptKind::Read, device.user, message_ids);
+        }
+        Ok(())
+    }
+
+    async fn ack_receipts(&self, device: Device, receipt_ids: &[u64]) -> Result<(), RouterError> {
+        self.remove_entries(device.user, receipt_ids);
+        Ok(())
+    }
+
+    async fn revoke(&self, device: Device) {
+        let mut shard = self.lock(self.shard_of(device.user));
+        if let Some(mailbox) = shard.get_mut(&device.user) {
+            mailbox.close_device(device.device, CloseReason::Revoked);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,378 @@
+use super::*;
+use parley_proto::v1::{ServerFrame, server_frame::Frame};
+use prost::Message;
+
+const A: Device = Device {
+    user: 1,
+    device: 10,
+};
+const B: Device = Device {
+    user: 2,
+    device: 20,
+};
+
+fn router(window: usize) -> MemoryRouter {
+    MemoryRouter::new(MemoryConfig {
+        window,
+        dedupe_horizon: 8,
+        shards: 4,
+    })
+}
+
+fn msg(client_msg_id: u64, to: UserId, body: &str) -> Outgoing {
+    Outgoing {
+        client_msg_id,
+        to,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+/// Every frame pushed to the session so far.
+fn drain(session: &mut Attached) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while let Ok(bytes) = session.frames.try_recv() {
+        let frame = ServerFrame::decode(bytes).expect("router pushes valid frames");
+        out.push(frame.frame.expect("frame set"));
+    }
+    out
+}
+
+fn bodies(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => Some(String::from_utf8_lossy(&d.body).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn delivered_ids(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => Some(d.message_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn offline_messages_arrive_in_order_then_the_marker() {
+    let r = router(16);
+    let mut acks = Vec::new();
+    for i in 1..=3 {
+        acks.push(r.send(A, msg(i, B.user, &format!("m{i}"))).await.unwrap());
+    }
+    assert!(acks.windows(2).all(|w| w[0].message_id < w[1].message_id));
+    let mut b = r.attach(B).await.unwrap();
+    let frames = drain(&mut b);
+    assert_eq!(bodies(&frames), ["m1", "m2", "m3"]);
+    assert!(matches!(frames.last(), Some(Frame::QueueEmpty(_))));
+    assert_eq!(
+        delivered_ids(&frames),
+        acks.iter().map(|a| a.message_id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_empty_mailbox_gets_the_marker_at_once_and_live_messages_after() {
+    let r = router(16);
+    let mut b = r.attach(B).await.unwrap();
+    assert!(matches!(drain(&mut b)[..], [Frame::QueueEmpty(_)]));
+    r.send(A, msg(1, B.user, "live")).await.unwrap();
+    assert_eq!(bodies(&drain(&mut b)), ["live"]);
+}
+
+#[tokio::test]
+async fn the_window_bounds_unacknowledged_deliveries() {
+    let r = router(4);
+    for i in 1..=10 {
+        r.send(A, msg(i, B.user, &format!("m{i}"))).await.unwrap();
+    }
+    let mut b = r.attach(B).await.unwrap();
+    let first = drain(&mut b);
+    assert_eq!(bodies(&first), ["m1", "m2", "m3", "m4"]);
+    assert!(
+        !first.iter().any(|f| matches!(f, Frame::QueueEmpty(_))),
+        "the backlog is not drained yet"
+    );
+    // Acking out of order frees room all the same.
+    let ids = delivered_ids(&first);
+    r.ack_delivery(B, &[ids[2], ids[0]]).await.unwrap();
+    assert_eq!(bodies(&drain(&mut b)), ["m5", "m6"]);
+    r.ack_delivery(B, &[ids[1], ids[3]]).await.unwrap();
+    let next = drain(&mut b);
+    assert_eq!(bodies(&next), ["m7", "m8"]);
+    let ids = delivered_ids(&next);
+    let more = {
+        r.ack_delivery(B, &ids).await.unwrap();
+        drain(&mut b)
+    };
+    assert_eq!(bodies(&more), ["m9", "m10"]);
+    assert!(matches!(more.last(), Some(Frame::QueueEmpty(_))));
+}
+
+#[tokio::test]
+async fn a_resent_client_msg_id_gets_the_original_ack_and_is_queued_once() {
+    let r = router(16);
+    let first = r.send(A, msg(7, B.user, "once")).await.unwrap();
+    let again = r.send(A, msg(7, B.user, "once")).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(
+        (first.message_id, first.timestamp_ms),
+        (again.message_id, again.timestamp_ms)
+    );
+    assert_eq!(r.queued(B.user), 1);
+    // The same id from a new device of A (re-registered) is a new message.
+    let new_device = Device {
+        user: A.user,
+        device: 11,
+    };
+    assert!(
+        !r.send(new_device, msg(7, B.user, "new"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(r.queued(B.user), 2);
+}
+
+#[tokio::test]
+async fn unacknowledged_deliveries_come_again_on_the_next_session() {
+    let r = router(16);
+    r.send(A, msg(1, B.user, "m1")).await.unwrap();
+    r.send(A, msg(2, B.user, "m2")).await.unwrap();
+    let mut b = r.attach(B).await.unwrap();
+    let ids = delivered_ids(&drain(&mut b));
+    r.ack_delivery(B, &ids[..1]).await.unwrap();
+    r.detach(B, b.id).await;
+    let mut b = r.attach(B).await.unwrap();
+    assert_eq!(bodies(&drain(&mut b)), ["m2"]);
+}
+
+#[tokio::test]
+async fn acks_produce_delivered_receipts_and_reads_produce_read_receipts() {
+    let r = router(16);
+    let sent = r.send(A, msg(1, B.user, "hello")).await.unwrap();
+    let mut b = r.attach(B).await.unwrap();
+    drain(&mut b);
+    r.ack_delivery(B, &[sent.message_id]).await.unwrap();
+    assert_eq!(r.queued(B.user), 0, "acknowledged messages are wiped");
+    r.mark_read(B, A.user, vec![sent.message_id]).await.unwrap();
+
+    let mut a = r.attach(A).await.unwrap();
+    let frames = drain(&mut a);
+    let receipts: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Receipt(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts[0].kind(), ReceiptKind::Delivered);
+    assert_eq!(receipts[1].kind(), ReceiptKind::Read);
+    for receipt in &receipts {
+        assert_eq!(receipt.from_user, B.user);
+        assert_eq!(receipt.message_ids, [sent.message_id]);
+    }
+    let ids: Vec<u64> = receipts.iter().map(|r| r.receipt_id).collect();
+    r.ack_receipts(A, &ids).await.unwrap();
+    assert_eq!(r.queued(A.user), 0);
+    r.detach(A, a.id).await;
+    let mut a = r.attach(A).await.unwrap();
+    assert!(matches!(drain(&mut a)[..], [Frame::QueueEmpty(_)]));
+}
+
+#[tokio::test]
+async fn a_new_session_displaces_the_old_and_a_late_detach_is_ignored() {
+    let r = router(16);
+    let old = r.attach(B).await.unwrap();
+    let mut new = r.attach(B).await.unwrap();
+    assert_eq!(old.closed.await, Ok(CloseReason::Displaced));
+    r.detach(B, old.id).await;
+    drain(&mut new);
+    r.send(A, msg(1, B.user, "still live")).await.unwrap();
+    assert_eq!(bodies(&drain(&mut new)), ["still live"]);
+}
+
+#[tokio::test]
+async fn revoking_a_device_closes_only_that_device_session() {
+    let r = router(16);
+    let b = r.attach(B).await.unwrap();
+    r.revoke(Device {
+        user: B.user,
+        device: 99,
+    })
+    .await;
+    r.revoke(B).await;
+    assert_eq!(b.closed.await, Ok(CloseReason::Revoked));
+}
+
+#[tokio::test]
+async fn a_vanished_session_is_detached_and_its_messages_kept() {
+    let r = router(16);
+    let b = r.attach(B).await.unwrap();
+    drop(b);
+    r.send(A, msg(1, B.user, "kept")).await.unwrap();
+    let mut b = r.attach(B).await.unwrap();
+    assert_eq!(bodies(&drain(&mut b)), ["kept"]);
+}
+
+#[tokio::test]
+async fn a_user_can_message_itself() {
+    let r = router(16);
+    let mut a = r.attach(A).await.unwrap();
+    drain(&mut a);
+    let sent = r.send(A, msg(1, A.user, "note to self")).await.unwrap();
+    assert_eq!(delivered_ids(&drain(&mut a)), [sent.message_id]);
+    r.ack_delivery(A, &[sent.message_id]).await.unwrap();
+    assert!(matches!(drain(&mut a)[..], [Frame::Receipt(_)]));
+}
+
+mod properties {
+    //! Any interleaving of sends (fresh and resent), acks, reads and
+    //! reconnects keeps the promises of the protocol.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Sender `s` sends a new message.
+        Send(usize),
+        /// Sender `s` resends its `k`-th most recent message.
+        Resend(usize, usize),
+        /// The recipient acks the `k`-th delivery it holds unacked.
+        Ack(usize),
+        /// The recipient acks everything it holds.
+        AckAll,
+        /// The recipient's session drops and a new one attaches.
+        Reconnect,
+        /// The recipient goes offline for a while.
+        Disconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize).prop_map(Op::Send),
+            2 => (0..3usize, 0..4usize).prop_map(|(s, k)| Op::Resend(s, k)),
+            3 => (0..8usize).prop_map(Op::Ack),
+            1 => Just(Op::AckAll),
+            1 => Just(Op::Reconnect),
+            1 => Just(Op::Disconnect),
+        ]
+    }
+
+    const R: Device = Device {
+        user: 100,
+        device: 1,
+    };
+
+    fn sender(s: usize) -> Device {
+        Device {
+            user: 1 + s as u64,
+            device: 1,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn order_delivery_and_deduplication_hold(
+            ops in proptest::collection::vec(op(), 1..120),
+            window in 1usize..6,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move {
+                let r = router(window);
+                // What each sender sent: client_msg_id -> message id.
+                let mut sent: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
+                let mut session: Option<Attached> = Some(r.attach(R).await.unwrap());
+                // Deliveries the recipient holds but has not acked yet.
+                let mut holding: Vec<u64> = Vec::new();
+                // What the recipient has stored, by message id.
+                let mut stored: HashSet<u64> = HashSet::new();
+                let mut stored_order: Vec<(u64, u64)> = Vec::new(); // (sender, message id)
+
+                let mut take = |session: &mut Option<Attached>, holding: &mut Vec<u64>| {
+                    if let Some(s) = session.as_mut() {
+                        for f in drain(s) {
+                            if let Frame::Deliver(d) = f {
+                                assert!(!holding.contains(&d.message_id),
+                                    "a delivery is pushed twice to one session");
+                                holding.push(d.message_id);
+                                if stored.insert(d.message_id) {
+                                    stored_order.push((d.from_user, d.message_id));
+                                }
+                            }
+                        }
+                    }
+                };
+
+                for op in ops {
+                    match op {
+                        Op::Send(s) => {
+                            let id = sent[s].len() as u64 + 1;
+                            let ack = r.send(sender(s), msg(id, R.user, "x")).await.unwrap();
+                            assert!(!ack.duplicate);
+                            sent[s].push((id, ack.message_id));
+                        }
+                        Op::Resend(s, k) => {
+                            // Resends within the dedupe horizon (8) get the original ack.
+                            if let Some(&(cmid, mid)) = sent[s].iter().rev().nth(k) {
+                                let ack = r.send(sender(s), msg(cmid, R.user, "x")).await.unwrap();
+                                assert!(ack.duplicate);
+                                assert_eq!(ack.message_id, mid);
+                            }
+                        }
+                        Op::Ack(k) => {
+                            if !holding.is_empty() {
+                                let id = holding.remove(k % holding.len());
+                                r.ack_delivery(R, &[id]).await.unwrap();
+                            }
+                        }
+                        Op::AckAll => {
+                            let ids: Vec<u64> = std::mem::take(&mut holding);
+                            r.ack_delivery(R, &ids).await.unwrap();
+                        }
+                        Op::Reconnect => {
+                            if let Some(s) = session.take() { r.detach(R, s.id).await; }
+                            holding.clear();
+                            session = Some(r.attach(R).await.unwrap());
+                        }
+                        Op::Disconnect => {
+                            if let Some(s) = session.take() { r.detach(R, s.id).await; }
+                            holding.clear();
+                        }
+                    }
+                    take(&mut session, &mut holding);
+                }
+
+                // Finally the recipient comes online and drains everything.
+                if session.is_none() { session = Some(r.attach(R).await.unwrap()); }
+                for _ in 0..10_000 {
+                    take(&mut session, &mut holding);
+                    if holding.is_empty() { break; }
+                    let ids = std::mem::take(&mut holding);
+                    r.ack_delivery(R, &ids).await.unwrap();
+                }
+                assert_eq!(r.queued(R.user), 0, "everything acked is wiped");
+
+                // Nothing accepted is lost, nothing is stored twice.
+                let accepted: HashSet<u64> = sent.iter().flatten().map(|&(_, m)| m).collect();
+                assert_eq!(&accepted, &stored);
+                // Per-sender order: first deliveries come in sending order.
+                let mut per_sender: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                for (from, id) in &stored_order { per_sender.entry(*from).or_default().push(*id); }
+                let sent_order: HashMap<u64, Vec<u64>> = (0..3)
+                    .map(|s| (sender(s).user, sent[s].iter().map(|&(_, m)| m).collect()))
+                    .collect();
+                for (from, got) in per_sender {
+                    assert_eq!(&got, &sent_order[&from]);
+                }
+            });
+        }
+    }
+}
