@@ -1,0 +1,37 @@
+-- Parley registration schema, SQLite flavour. Keep in step with
+-- ../postgres/0001_init.sql: the application runs the same queries on both.
+-- Times are unix milliseconds (INTEGER); ids are random positive 63-bit.
+
+-- One row per registered phone number. `device_id` and `generation` are the
+-- account's one current device; re-registration replaces both, which revokes
+-- every token naming the old pair.
+CREATE TABLE accounts (
+    user_id    INTEGER PRIMARY KEY,
+    phone      TEXT    NOT NULL UNIQUE,
+    device_id  INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+-- At most one live code per number: a new request replaces it. The row is
+-- also the per-number lock that serialises code requests and verifications.
+-- Only a hash of the code is kept.
+CREATE TABLE pending_codes (
+    phone         TEXT    PRIMARY KEY,
+    code_hash     BLOB    NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    attempts_left INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX pending_codes_expires_at ON pending_codes (expires_at);
+
+-- Codes sent per number, for the per-interval and per-24-hours limits. Rows
+-- older than 24 hours are pruned.
+CREATE TABLE code_requests (
+    id           INTEGER PRIMARY KEY,
+    phone        TEXT    NOT NULL,
+    requested_at INTEGER NOT NULL
+);
+CREATE INDEX code_requests_phone_time ON code_requests (phone, requested_at);
+CREATE INDEX code_requests_time ON code_requests (requested_at);

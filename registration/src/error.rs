@@ -1,0 +1,230 @@
+//! The one error type of the HTTP API, and the documented codes it maps to.
+//!
+//! Every error response has the body
+//! `{"error": {"code": "<CODE>", "message": "<human readable>"}}`, with
+//! `attempts_left` (WRONG_CODE) or `retry_after` (RATE_LIMITED, UNAVAILABLE;
+//! seconds) added inside the `error` object. Responses with `retry_after`
+//! also carry a `Retry-After` header with the same number.
+//!
+//! | code | status | when |
+//! | --- | --- | --- |
+//! | `INVALID_PHONE` | 400 | a phone number is not E.164 |
+//! | `INVALID_REQUEST` | 400 | malformed JSON, missing field, wrong content type, too many phones |
+//! | `PAYLOAD_TOO_LARGE` | 413 | body over 64 KiB |
+//! | `RATE_LIMITED` | 429 | code or lookup limit reached |
+//! | `WRONG_CODE` | 401 | wrong code; `attempts_left` guesses remain |
+//! | `NO_PENDING_CODE` | 404 | no code requested, already used, or killed by wrong guesses |
+//! | `CODE_EXPIRED` | 410 | the code's time ran out; request a new one |
+//! | `UNAUTHORIZED` | 401 | missing, malformed, badly signed or expired credential |
+//! | `REVOKED` | 401 | credential of a device replaced by re-registration |
+//! | `SMS_FAILED` | 502 | the SMS could not be sent; it did not count against the limits |
+//! | `UNAVAILABLE` | 503 | the server is at its concurrency limit or the request timed out |
+//! | `INTERNAL` | 500 | anything else; details are logged, never returned |
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::sms::SmsError;
+use crate::store::StoreError;
+use crate::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("phone number must be E.164: '+' and 8 to 15 digits, not starting with 0")]
+    InvalidPhone,
+    /// The message is shown to the client; it must not echo secrets.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("too many requests, retry later")]
+    RateLimited { retry_after: Duration },
+    #[error("wrong code")]
+    WrongCode { attempts_left: u32 },
+    #[error("no code is pending for this number; request one first")]
+    NoPendingCode,
+    #[error("the code has expired; request a new one")]
+    CodeExpired,
+    #[error("missing or invalid credential")]
+    Unauthorized,
+    #[error("credential revoked: this device was replaced by a newer registration")]
+    Revoked,
+    #[error("the SMS could not be sent")]
+    SmsFailed(#[source] SmsError),
+    #[error("server busy, retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(#[source] Internal),
+}
+
+/// Causes of an `INTERNAL` answer; logged where the response is made.
+#[derive(Debug, thiserror::Error)]
+pub enum Internal {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl From<TokenError> for AppError {
+    fn from(e: TokenError) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl AppError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPhone => "INVALID_PHONE",
+            Self::InvalidRequest(_) => "INVALID_REQUEST",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::WrongCode { .. } => "WRONG_CODE",
+            Self::NoPendingCode => "NO_PENDING_CODE",
+            Self::CodeExpired => "CODE_EXPIRED",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Revoked => "REVOKED",
+            Self::SmsFailed(_) => "SMS_FAILED",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidPhone | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::WrongCode { .. } | Self::Unauthorized | Self::Revoked => StatusCode::UNAUTHORIZED,
+            Self::NoPendingCode => StatusCode::NOT_FOUND,
+            Self::CodeExpired => StatusCode::GONE,
+            Self::SmsFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whole seconds to wait, rounded up and at least 1, so that a client
+    /// retrying exactly then is not refused again.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(secs.max(1))
+            }
+            Self::Unavailable => Some(1),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts_left: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        // Logged once, here, where the error is handled. The causes name
+        // no phone numbers, codes or tokens.
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            Self::SmsFailed(cause) => tracing::warn!(error = %cause, "SMS not sent"),
+            _ => {}
+        }
+        let retry_after = self.retry_after_secs();
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code(),
+                message: self.to_string(),
+                attempts_left: match self {
+                    Self::WrongCode { attempts_left } => Some(attempts_left),
+                    _ => None,
+                },
+                retry_after,
+            },
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, Self::Unauthorized | Self::Revoked) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn render(e: AppError) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).expect("json"),
+        )
+    }
+
+    #[tokio::test]
+    async fn shape_and_extras() {
+        let (status, headers, body) = render(AppError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "RATE_LIMITED");
+        assert_eq!(body["error"]["retry_after"], 2);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+
+        let (status, _, body) = render(AppError::WrongCode { attempts_left: 3 }).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["attempts_left"], 3);
+        assert!(body["error"]["message"].is_string());
+    }
+
+    #[tokio::test]
+    async fn internal_hides_the_cause() {
+        let (status, _, body) = render(AppError::Internal(Internal::Other(
+            "secret detail".to_owned(),
+        )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "INTERNAL");
+        assert!(!body.to_string().contains("secret detail"));
+    }
+}

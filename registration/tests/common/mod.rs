@@ -1,0 +1,326 @@
+//! Shared test harness: a fresh database per test (SQLite in a temp dir, or a
+//! uniquely named PostgreSQL database when `PARLEY_TEST_POSTGRES_URL` is set),
+//! and a `TestApp` driving `router(state)` with `oneshot`.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use parley_registration::{
+    AccountStore, DeviceEvents, DeviceId, OutboxSms, RegistrationConfig, RegistrationState,
+    SmsSender, TokenKeys, UserId, router,
+};
+use rand::Rng;
+use serde_json::Value;
+use sqlx::Connection;
+use tower::ServiceExt;
+
+pub const POSTGRES_ENV: &str = "PARLEY_TEST_POSTGRES_URL";
+
+/// Where a test's database lives.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// A file in the test's temp dir.
+    Sqlite,
+    /// The URL of a database created for this test alone.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn url(&self, dir: &Path) -> String {
+        match self {
+            Self::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("parley.db").display()),
+            Self::Postgres(url) => url.clone(),
+        }
+    }
+}
+
+/// Runs `test` against a database of its own on the PostgreSQL server named by
+/// `PARLEY_TEST_POSTGRES_URL`, and drops the database afterwards, also when
+/// the test fails. Without the variable the test is skipped (and says so).
+pub async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(base) = std::env::var(POSTGRES_ENV) else {
+        eprintln!("skipped: set {POSTGRES_ENV} to run against PostgreSQL");
+        return;
+    };
+    let name = format!("parley_test_{:016x}", rand::thread_rng().r#gen::<u64>());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to PARLEY_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    // Run in a task so that a panicking test still gets its database dropped.
+    let outcome = tokio::spawn(test(Backend::Postgres(with_database(&base, &name)))).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test task failed: {e}");
+    }
+}
+
+/// `base` with its database name replaced by `db`, query string kept.
+fn with_database(base: &str, db: &str) -> String {
+    let (scheme, rest) = base.split_once("://").expect("URL with a scheme");
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    format!("{scheme}://{authority}/{db}{query}")
+}
+
+/// Generates two tests per name: `sqlite::<name>` and `postgres::<name>`,
+/// each calling `<name>(backend)`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::common::on_postgres(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Records `device_replaced` calls.
+#[derive(Debug, Default)]
+pub struct RecordingEvents {
+    pub replaced: Mutex<Vec<(UserId, DeviceId)>>,
+}
+
+impl DeviceEvents for RecordingEvents {
+    fn device_replaced(&self, user: UserId, old_device: DeviceId) {
+        self.replaced.lock().expect("lock").push((user, old_device));
+    }
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Response {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+
+    /// Asserts the documented error shape and returns the code.
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "no message: {}",
+            self.body
+        );
+    }
+
+    pub fn retry_after_header(&self) -> u64 {
+        self.headers[header::RETRY_AFTER]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds")
+    }
+}
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub router: Router,
+    pub state: RegistrationState,
+    pub store: AccountStore,
+    pub keys: Arc<TokenKeys>,
+    pub outbox: PathBuf,
+    pub events: Arc<RecordingEvents>,
+}
+
+impl TestApp {
+    pub async fn start(backend: &Backend, config: RegistrationConfig) -> Self {
+        Self::start_with(backend, config, |outbox| Arc::new(OutboxSms::new(outbox))).await
+    }
+
+    /// With an SMS sender made from the outbox path.
+    pub async fn start_with(
+        backend: &Backend,
+        config: RegistrationConfig,
+        sms: impl FnOnce(PathBuf) -> Arc<dyn SmsSender>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = AccountStore::connect(&backend.url(dir.path()))
+            .await
+            .expect("connect store");
+        let keys = Arc::new(TokenKeys::load_or_generate(&dir.path().join("keys")).expect("keys"));
+        let outbox = dir.path().join("outbox.jsonl");
+        let events = Arc::new(RecordingEvents::default());
+        let state = RegistrationState::new(
+            store.clone(),
+            Arc::clone(&keys),
+            sms(outbox.clone()),
+            events.clone(),
+            config,
+        );
+        Self {
+            router: router(state.clone()),
+            state,
+            store,
+            keys,
+            outbox,
+            events,
+            dir,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Response {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("non-JSON body ({e}): {:?}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> Response {
+        let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::from(body.to_string())).expect("request"))
+            .await
+    }
+
+    pub async fn request_code(&self, phone: &str) -> Response {
+        self.post(
+            "/v1/registration/code",
+            serde_json::json!({"phone": phone}),
+            None,
+        )
+        .await
+    }
+
+    pub async fn verify(&self, phone: &str, code: &str) -> Response {
+        self.post(
+            "/v1/registration/verify",
+            serde_json::json!({"phone": phone, "code": code}),
+            None,
+        )
+        .await
+    }
+
+    pub async fn lookup(&self, token: Option<&str>, phones: &[&str]) -> Response {
+        self.post(
+            "/v1/contacts/lookup",
+            serde_json::json!({"phones": phones}),
+            token,
+        )
+        .await
+    }
+
+    /// Every outbox line, parsed.
+    pub fn outbox_lines(&self) -> Vec<Value> {
+        match std::fs::read_to_string(&self.outbox) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("JSON line"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("reading the outbox: {e}"),
+        }
+    }
+
+    /// The code in the newest SMS to `phone`, read back from the outbox file
+    /// as the end-to-end tests do.
+    pub fn last_code(&self, phone: &str) -> String {
+        let line = self
+            .outbox_lines()
+            .into_iter()
+            .rev()
+            .find(|l| l["to"] == phone)
+            .unwrap_or_else(|| panic!("no SMS to {phone}"));
+        assert_eq!(line["kind"], "sms");
+        let body = line["body"].as_str().expect("body");
+        let code = body.strip_prefix("Your Parley code is ").expect("SMS text");
+        assert_eq!(code.len(), 6);
+        assert!(code.bytes().all(|b| b.is_ascii_digit()));
+        code.to_owned()
+    }
+
+    /// Requests and verifies a code; returns (user id, device id, token).
+    pub async fn register(&self, phone: &str) -> (UserId, DeviceId, String) {
+        let r = self.request_code(phone).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        let r = self.verify(phone, &self.last_code(phone)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        (
+            r.body["user_id"]
+                .as_str()
+                .expect("user_id")
+                .parse()
+                .expect("decimal"),
+            r.body["device_id"]
+                .as_str()
+                .expect("device_id")
+                .parse()
+                .expect("decimal"),
+            r.body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+}
+
+/// A code that is certainly not `code`.
+pub fn other_code(code: &str) -> String {
+    let n: u32 = code.parse().expect("digits");
+    format!("{:06}", (n + 1) % 1_000_000)
+}
