@@ -1,1 +1,222 @@
-//! stub
+//! The Parley edge gateway: where phones connect.
+//!
+//! It accepts TCP connections, runs the TLS handshake (rustls) and the
+//! WebSocket upgrade with the device's bearer token under one handshake
+//! timeout, then runs one task per session that decodes the phone's frames
+//! for the [`Router`] and writes what the router pushes back.
+//!
+//! Modules:
+//! - `upgrade`: the HTTP upgrade request, authentication, 101 or an HTTP error.
+//! - `session`: the session loop (frames in, frames out, keepalive, closing).
+//! - `recipients`: which user ids are registered (cached).
+//!
+//! Everything a peer controls is bounded or timed: connections (permits),
+//! the handshake, the request head, frame sizes, silence (idle timeout) and
+//! writes to a phone that stops reading (write timeout).
+
+#![forbid(unsafe_code)]
+
+mod recipients;
+mod session;
+mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_proto::limits::MAX_FRAME_BYTES;
+use parley_registration::{AccountStore, Authenticator};
+use parley_router::{Device, Router};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::Instrument;
+
+use recipients::Recipients;
+
+/// Settings of the gateway. Every value bounds something a peer controls.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// TLS handshake plus WebSocket upgrade (with authentication) must finish
+    /// within this time, or the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// A session with no frame and no ping from the phone for this long is
+    /// closed with `IDLE_TIMEOUT`. Phones ping at least once a minute.
+    pub idle_timeout: Duration,
+    /// A write to the phone that does not complete within this time closes
+    /// the session with `SLOW_CONSUMER`; its messages stay queued.
+    pub write_timeout: Duration,
+    /// Connections held at once (in handshake or in session). Past it, the
+    /// gateway stops accepting until one ends.
+    pub max_connections: usize,
+    /// tungstenite's read buffer per session. Small, because most sessions
+    /// are idle; tungstenite's 128 KiB default would cost 128 KiB each.
+    pub read_buffer_bytes: usize,
+    /// Outgoing frames are gathered up to this size before being written,
+    /// so bursts share TLS records.
+    pub write_buffer_bytes: usize,
+    /// How long shutdown waits for sessions to close before giving up.
+    pub shutdown_grace: Duration,
+    /// Registered user ids cached in memory (see `recipients`).
+    pub known_users_cache: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 4 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            known_users_cache: 1_000_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            .write_buffer_size(self.write_buffer_bytes)
+            // A frame can be written whole past the target size, and a
+            // failing socket must not grow the buffer without bound.
+            .max_write_buffer_size(self.write_buffer_bytes + 2 * MAX_FRAME_BYTES)
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared<R> {
+    router: R,
+    auth: Authenticator,
+    recipients: Recipients,
+    config: GatewayConfig,
+    websocket: WebSocketConfig,
+}
+
+/// The gateway: build it once, then [`Gateway::serve`] a listener.
+#[derive(Debug)]
+pub struct Gateway<R> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Router> Gateway<R> {
+    pub fn new(router: R, auth: Authenticator, store: AccountStore, config: GatewayConfig) -> Self {
+        let recipients = Recipients::new(store, config.known_users_cache);
+        let websocket = config.websocket();
+        Self {
+            shared: Arc::new(Shared {
+                router,
+                auth,
+                recipients,
+                config,
+                websocket,
+            }),
+        }
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then
+    /// tells every session to reconnect (`SERVER_SHUTDOWN`, close 1001) and
+    /// waits up to the shutdown grace period for them to close.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let acceptor = TlsAcceptor::from(tls);
+        let max = self.shared.config.max_connections;
+        let permits = Arc::new(Semaphore::new(max));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+
+        loop {
+            // Wait for a permit before accepting: at the limit, new phones
+            // wait in the listen backlog instead of being accepted and dropped.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors or similar: back off
+                        // instead of spinning; sessions keep running.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = self.shared.clone();
+            let acceptor = acceptor.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                connection(tcp, peer, acceptor, shared, stop).await;
+                drop(permit);
+            });
+        }
+
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let grace = self.shared.config.shutdown_grace;
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after the shutdown grace period");
+        }
+    }
+}
+
+/// One connection, from TCP to the end of its session. Runs in its own task,
+/// so a slow handshake never holds up the accept loop.
+async fn connection<R: Router>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared<R>>,
+    stop: watch::Receiver<bool>,
+) {
+    // Small frames (acks, receipts) must go out at once.
+    let _ = tcp.set_nodelay(true);
+    let handshake = async {
+        let tls = acceptor.accept(tcp).await?;
+        upgrade::accept(tls, &shared.auth, shared.websocket)
+            .await
+            .map_err(std::io::Error::other)
+    };
+    let (ws, claims) = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await
+    {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let device = Device {
+        user: claims.user,
+        device: claims.device,
+    };
+    let span = tracing::info_span!("session", user = device.user, device = device.device);
+    session::run(ws, device, shared, stop)
+        .instrument(span)
+        .await;
+}

@@ -1,0 +1,329 @@
+//! One authenticated WebSocket session: the loop that decodes the phone's
+//! frames and hands them to the router, and writes what the router pushes.
+//!
+//! A session is one task that owns its socket; it waits on four things at
+//! once: a frame from the phone, a frame from the router, the router ending
+//! the session (displaced, revoked), and server shutdown, plus the idle
+//! timer. It holds nothing per message: the router keeps the queue, and the
+//! session's outbound channel is bounded by the router's delivery window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use parley_proto::limits::MAX_BODY_BYTES;
+use parley_proto::v1::{
+    ClientFrame, CloseReason, Error as ErrorFrame, ErrorCode, SendError, ServerAck, ServerFrame,
+    client_frame, server_frame,
+};
+use parley_proto::{close, v1};
+use parley_router::{Device, Outgoing, Router};
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::Shared;
+
+/// How long the server waits for the phone to answer its close frame before
+/// dropping the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most router frames written before one flush: enough to coalesce a
+/// burst into few TLS records, few enough not to starve the read side.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// Why a session ends, and so what the phone is told.
+#[derive(Debug)]
+enum Ending {
+    /// A `Closing` frame, then the close code of the reason.
+    Closing(CloseReason),
+    /// An `Error` frame, then the close code of the error.
+    Error(ErrorCode, &'static str),
+    /// The phone sent a close frame (tungstenite answers it).
+    ClientClosed,
+    /// A WebSocket protocol violation (bad masking, bad opcode...): close 1002.
+    Protocol,
+    /// The socket is gone or stuck: nothing more can be written.
+    Gone,
+}
+
+pub(crate) async fn run<S, R>(
+    mut ws: WebSocketStream<S>,
+    device: Device,
+    shared: Arc<Shared<R>>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Router,
+{
+    let config = &shared.config;
+    let mut attached = match shared.router.attach(device).await {
+        Ok(attached) => attached,
+        Err(err) => {
+            tracing::warn!(error = %err, "router refused the session");
+            finish(
+                &mut ws,
+                Ending::Error(ErrorCode::Internal, "router unavailable"),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::debug!("session attached");
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
+
+    let ending = loop {
+        tokio::select! {
+            // Router orders first: a displaced session must stop before it
+            // reads another frame.
+            biased;
+            reason = &mut attached.closed => {
+                // A dropped sender means the router let go of this session.
+                break Ending::Closing(reason.unwrap_or(CloseReason::ServerShutdown));
+            }
+            _ = shutdown.changed() => break Ending::Closing(CloseReason::ServerShutdown),
+            frame = attached.frames.recv() => {
+                let Some(frame) = frame else {
+                    break Ending::Closing(CloseReason::ServerShutdown);
+                };
+                if let Err(ending) =
+                    write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout).await
+                {
+                    break ending;
+                }
+            }
+            () = &mut idle => break Ending::Closing(CloseReason::IdleTimeout),
+            message = ws.next() => {
+                idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                match message {
+                    None => break Ending::Gone,
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if let Err(ending) = on_frame(&shared, device, &bytes, &mut ws).await {
+                            break ending;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_))) => {
+                        // tungstenite queued the pong; send it now.
+                        if timeout(config.write_timeout, ws.flush()).await.map_or(true, |r| r.is_err()) {
+                            break Ending::Gone;
+                        }
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Text(_))) => {
+                        break Ending::Error(ErrorCode::UnsupportedData, "text frames are not part of the protocol; send binary ClientFrames");
+                    }
+                    Some(Ok(Message::Close(_))) => break Ending::ClientClosed,
+                    Some(Err(WsError::Capacity(_))) => {
+                        break Ending::Error(ErrorCode::FrameTooLarge, "frame over the 64 KiB limit");
+                    }
+                    Some(Err(WsError::Protocol(_))) => break Ending::Protocol,
+                    Some(Err(_)) => break Ending::Gone,
+                }
+            }
+        }
+    };
+    // Detach before the close handshake, so a reconnecting phone's new
+    // session does not wait for this one to finish closing.
+    shared.router.detach(device, attached.id).await;
+    tracing::debug!(?ending, "session ended");
+    finish(&mut ws, ending).await;
+}
+
+/// Writes `first` and whatever else the router has queued (up to a bound),
+/// then flushes once: a burst of deliveries shares TLS records and syscalls.
+async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    first: Bytes,
+    more: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    limit: Duration,
+) -> Result<(), Ending> {
+    let write = async {
+        ws.feed(Message::Binary(first)).await?;
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            let Ok(frame) = more.try_recv() else { break };
+            ws.feed(Message::Binary(frame)).await?;
+        }
+        ws.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::Gone),
+        // The phone stopped reading. Its unacknowledged messages stay
+        // queued for its next session; the close is attempted, best effort.
+        Err(_) => Err(Ending::Closing(CloseReason::SlowConsumer)),
+    }
+}
+
+async fn write_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    frame: server_frame::Frame,
+    limit: Duration,
+) -> Result<(), Ending> {
+    let bytes = ServerFrame { frame: Some(frame) }.encode_to_vec();
+    match timeout(limit, ws.send(Message::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Ending::Gone),
+    }
+}
+
+/// Handles one binary frame from the phone.
+async fn on_frame<S, R>(
+    shared: &Shared<R>,
+    device: Device,
+    bytes: &[u8],
+    ws: &mut WebSocketStream<S>,
+) -> Result<(), Ending>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Router,
+{
+    let frame = ClientFrame::decode(bytes)
+        .map_err(|_| Ending::Error(ErrorCode::MalformedFrame, "frame is not a ClientFrame"))?;
+    let internal = |err: parley_router::RouterError| {
+        tracing::warn!(error = %err, "router failed");
+        Ending::Error(ErrorCode::Internal, "router unavailable")
+    };
+    match frame.frame {
+        None => Err(Ending::Error(
+            ErrorCode::MalformedFrame,
+            "ClientFrame has no frame set",
+        )),
+        Some(client_frame::Frame::Send(send)) => {
+            let reply = on_send(shared, device, send).await;
+            write_frame(ws, reply, shared.config.write_timeout).await
+        }
+        Some(client_frame::Frame::DeliveryAck(ack)) => shared
+            .router
+            .ack_delivery(device, &ack.message_ids)
+            .await
+            .map_err(internal),
+        Some(client_frame::Frame::MarkRead(read)) => {
+            // A read receipt for someone who is not registered would create
+            // a mailbox nobody reads; it is dropped (there is no reply frame
+            // for a receipt).
+            match shared.recipients.is_registered(read.to_user).await {
+                Ok(true) => shared
+                    .router
+                    .mark_read(device, read.to_user, read.message_ids)
+                    .await
+                    .map_err(internal),
+                Ok(false) => Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "account store failed");
+                    Err(Ending::Error(
+                        ErrorCode::Internal,
+                        "account store unavailable",
+                    ))
+                }
+            }
+        }
+        Some(client_frame::Frame::ReceiptAck(ack)) => shared
+            .router
+            .ack_receipts(device, &ack.receipt_ids)
+            .await
+            .map_err(internal),
+    }
+}
+
+/// Validates and routes one message; returns the ack or the send error.
+async fn on_send<R: Router>(
+    shared: &Shared<R>,
+    device: Device,
+    send: v1::Send,
+) -> server_frame::Frame {
+    let client_msg_id = send.client_msg_id;
+    let refuse = |code: ErrorCode, reason: &str| {
+        server_frame::Frame::SendError(SendError {
+            client_msg_id,
+            code: code.into(),
+            reason: reason.to_owned(),
+            retry_after_ms: 0,
+        })
+    };
+    if client_msg_id == 0 {
+        return refuse(ErrorCode::InvalidMessage, "client_msg_id must not be 0");
+    }
+    if send.body.len() > MAX_BODY_BYTES {
+        return refuse(ErrorCode::InvalidMessage, "body over the 63 KiB limit");
+    }
+    match shared.recipients.is_registered(send.to_user).await {
+        Ok(true) => {}
+        Ok(false) => return refuse(ErrorCode::UnknownRecipient, "no such user"),
+        Err(err) => {
+            tracing::warn!(error = %err, "account store failed");
+            return refuse(ErrorCode::Internal, "account store unavailable; retry");
+        }
+    }
+    let outgoing = Outgoing {
+        client_msg_id,
+        to: send.to_user,
+        body: send.body,
+    };
+    match shared.router.send(device, outgoing).await {
+        Ok(accepted) => server_frame::Frame::Ack(ServerAck {
+            client_msg_id,
+            message_id: accepted.message_id,
+            timestamp_ms: accepted.timestamp_ms,
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, "router failed");
+            refuse(ErrorCode::Internal, "router unavailable; retry")
+        }
+    }
+}
+
+/// Tells the phone why the session ends, closes with the matching code, and
+/// waits briefly for the phone's close frame.
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, ending: Ending) {
+    let (frame, code) = match ending {
+        Ending::Gone => return,
+        Ending::ClientClosed => (None, None),
+        Ending::Protocol => (None, Some((1002, "protocol error"))),
+        Ending::Closing(reason) => (
+            Some(server_frame::Frame::Closing(v1::Closing {
+                reason: reason.into(),
+                detail: reason.as_str_name().to_ascii_lowercase(),
+            })),
+            Some((close::for_reason(reason), reason_text(reason))),
+        ),
+        Ending::Error(code, reason) => (
+            Some(server_frame::Frame::Error(ErrorFrame {
+                code: code.into(),
+                reason: reason.to_owned(),
+            })),
+            Some((close::for_error(code), code.as_str_name())),
+        ),
+    };
+    let closing = async {
+        if let Some(frame) = frame {
+            let bytes = ServerFrame { frame: Some(frame) }.encode_to_vec();
+            ws.send(Message::Binary(bytes.into())).await?;
+        }
+        let close_frame = code.map(|(code, reason)| CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        });
+        ws.close(close_frame).await?;
+        // Read until the phone answers the close (or gives up).
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<_, WsError>(())
+    };
+    let _ = timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+fn reason_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Displaced => "displaced by a newer session",
+        CloseReason::Revoked => "credential revoked; register again",
+        CloseReason::ServerShutdown => "server shutting down; reconnect",
+        CloseReason::IdleTimeout => "idle timeout",
+        CloseReason::SlowConsumer => "not reading",
+        CloseReason::Unspecified => "closing",
+    }
+}
