@@ -1,0 +1,467 @@
+//! The registration API over HTTPS: request an SMS code, verify it to get the
+//! device's credential, and find which phone numbers are registered.
+//!
+//! Errors come back as [`ClientError::Api`] with the server's documented code,
+//! parsed leniently so that a proxy's HTML error page still yields a status.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::ClientError;
+
+/// Every request (connect, send, wait for the whole answer) ends within this,
+/// so a hung server cannot hang a test or the CLI.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The API's answers are a few hundred bytes; a contact lookup for a large
+/// address book is the biggest. Anything past this is not our server.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// HTTP client for the registration API. Cheap to clone: clones share one
+/// connection pool.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    http: reqwest::Client,
+    /// `https://host:port` without a trailing slash.
+    base: String,
+}
+
+/// Answer to [`Registration::request_code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRequested {
+    /// Seconds until the code sent by SMS stops working.
+    pub expires_in: u64,
+    /// Seconds before another code may be requested for this number.
+    pub next_code_in: u64,
+}
+
+/// A device's credential, from [`Registration::verify`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub user_id: u64,
+    pub device_id: u64,
+    /// The bearer token (a JWT) for the gateway and the API. Secret.
+    pub token: String,
+}
+
+impl fmt::Debug for Credential {
+    // The token is a bearer secret: whoever reads a log line holding it can
+    // impersonate the device.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A registered phone number and the user id it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub phone: String,
+    pub user_id: u64,
+}
+
+impl Registration {
+    /// A client for the API at `http_base` (e.g. `https://127.0.0.1:8443`),
+    /// trusting what `tls` trusts.
+    pub fn new(http_base: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        let base = http_base.trim_end_matches('/');
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| ClientError::InvalidInput(format!("registration URL {base:?}: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(ClientError::InvalidInput(format!(
+                "registration URL {base:?}: scheme must be https"
+            )));
+        }
+        // reqwest takes the config by value and does not add ALPN to a
+        // preconfigured one; offer both protocols so an HTTP/2 server gets it.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("parley-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ClientError::Http)?;
+        Ok(Self {
+            http,
+            base: base.to_string(),
+        })
+    }
+
+    /// `POST /v1/registration/code`: ask the server to text a code to `phone`.
+    pub async fn request_code(&self, phone: &str) -> Result<CodeRequested, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            phone: &'a str,
+        }
+        debug!("requesting a registration code");
+        self.post("/v1/registration/code", None, &Body { phone })
+            .await
+    }
+
+    /// `POST /v1/registration/verify`: trade the texted code for a credential.
+    /// This makes a new device and revokes the number's previous one.
+    pub async fn verify(&self, phone: &str, code: &str) -> Result<Credential, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            phone: &'a str,
+            code: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            user_id: WireId,
+            device_id: WireId,
+            token: String,
+        }
+        debug!("verifying a registration code");
+        let answer: Answer = self
+            .post("/v1/registration/verify", None, &Body { phone, code })
+            .await?;
+        Ok(Credential {
+            user_id: answer.user_id.parse("user_id")?,
+            device_id: answer.device_id.parse("device_id")?,
+            token: answer.token,
+        })
+    }
+
+    /// `POST /v1/contacts/lookup`: which of `phones` are registered, and as
+    /// whom. Unregistered numbers are simply absent from the answer.
+    pub async fn lookup(
+        &self,
+        token: &str,
+        phones: &[String],
+    ) -> Result<Vec<Contact>, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            phones: &'a [String],
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            contacts: Vec<WireContact>,
+        }
+        #[derive(Deserialize)]
+        struct WireContact {
+            phone: String,
+            user_id: WireId,
+        }
+        if phones.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug!(count = phones.len(), "looking up contacts");
+        let answer: Answer = self
+            .post("/v1/contacts/lookup", Some(token), &Body { phones })
+            .await?;
+        answer
+            .contacts
+            .into_iter()
+            .map(|c| {
+                Ok(Contact {
+                    user_id: c.user_id.parse("user_id")?,
+                    phone: c.phone,
+                })
+            })
+            .collect()
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            let bytes = read_limited(response).await?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Protocol(format!("unexpected answer from {path} ({status}): {e}"))
+            })
+        } else {
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // The error body only refines the message; an unreadable one
+            // must not hide the status.
+            let bytes = read_limited(response).await.unwrap_or_default();
+            Err(api_error(status, retry_after.as_deref(), &bytes))
+        }
+    }
+}
+
+/// Reads a response body, refusing more than [`MAX_RESPONSE_BYTES`].
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ClientError::Protocol(format!(
+                "response body over {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Builds [`ClientError::Api`] from an error response.
+///
+/// The documented shape is `{"error": {"code", "message"}}` with optional
+/// `attempts_left` and `retry_after`, which are looked for both inside
+/// `error` and beside it. A `Retry-After` header in seconds fills in
+/// `retry_after` when the body has none.
+pub(crate) fn api_error(
+    status: StatusCode,
+    retry_after_header: Option<&str>,
+    body: &[u8],
+) -> ClientError {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = json.as_ref().and_then(|v| v.get("error"));
+    // Look in `error` first, then at the top level.
+    let field = |name: &str| {
+        error
+            .and_then(|e| e.get(name))
+            .or_else(|| json.as_ref().and_then(|v| v.get(name)))
+    };
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP_{}", status.as_u16()));
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| fallback_message(status, body));
+    let attempts_left = field("attempts_left")
+        .and_then(|v| v.as_u64())
+        .and_then(|n| u32::try_from(n).ok());
+    let retry_after = field("retry_after")
+        .and_then(|v| v.as_u64())
+        .or_else(|| retry_after_header.and_then(|h| h.trim().parse().ok()));
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        attempts_left,
+        retry_after,
+    }
+}
+
+/// A short message for a body that is not the documented JSON.
+fn fallback_message(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('{') {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.chars().take(200).collect()
+    }
+}
+
+/// User and device ids are decimal strings in the API's JSON (so JavaScript
+/// does not round them); a number is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireId {
+    Str(String),
+    Num(u64),
+}
+
+impl WireId {
+    fn parse(self, field: &str) -> Result<u64, ClientError> {
+        match self {
+            WireId::Num(n) => Ok(n),
+            WireId::Str(s) => s
+                .parse()
+                .map_err(|_| ClientError::Protocol(format!("{field} is not a decimal u64: {s:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(status: u16, header: Option<&str>, body: &str) -> ClientError {
+        api_error(
+            StatusCode::from_u16(status).expect("valid status"),
+            header,
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn documented_error_body() {
+        let err = parse(
+            400,
+            None,
+            r#"{"error": {"code": "INVALID_CODE", "message": "wrong code", "attempts_left": 2}}"#,
+        );
+        match err {
+            ClientError::Api {
+                status,
+                code,
+                message,
+                attempts_left,
+                retry_after,
+            } => {
+                assert_eq!(status, 400);
+                assert_eq!(code, "INVALID_CODE");
+                assert_eq!(message, "wrong code");
+                assert_eq!(attempts_left, Some(2));
+                assert_eq!(retry_after, None);
+            }
+            other => panic!("not an API error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hints_beside_the_error_object() {
+        let err = parse(
+            429,
+            None,
+            r#"{"error": {"code": "RATE_LIMITED", "message": "slow down"}, "retry_after": 30, "attempts_left": 0}"#,
+        );
+        assert!(
+            matches!(
+                &err,
+                ClientError::Api { status: 429, code, attempts_left: Some(0), retry_after: Some(30), .. }
+                    if code == "RATE_LIMITED"
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_header_fills_in() {
+        let err = parse(
+            429,
+            Some(" 17 "),
+            r#"{"error": {"code": "RATE_LIMITED", "message": "slow down"}}"#,
+        );
+        assert!(
+            matches!(
+                err,
+                ClientError::Api {
+                    retry_after: Some(17),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The body wins over the header when both are present.
+        let err = parse(
+            429,
+            Some("17"),
+            r#"{"error": {"code": "RATE_LIMITED", "message": "x", "retry_after": 5}}"#,
+        );
+        assert!(
+            matches!(
+                err,
+                ClientError::Api {
+                    retry_after: Some(5),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn non_json_body_keeps_the_status() {
+        let err = parse(502, None, "<html>Bad Gateway</html>");
+        assert!(
+            matches!(
+                &err,
+                ClientError::Api { status: 502, code, message, attempts_left: None, retry_after: None }
+                    if code == "HTTP_502" && message == "<html>Bad Gateway</html>"
+            ),
+            "{err:?}"
+        );
+        let err = parse(404, None, "");
+        assert!(
+            matches!(&err, ClientError::Api { code, message, .. } if code == "HTTP_404" && message == "Not Found"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_hints_are_dropped_not_fatal() {
+        let err = parse(
+            400,
+            Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+            r#"{"error": {"code": "INVALID_CODE", "message": "m", "attempts_left": -1}}"#,
+        );
+        assert!(
+            matches!(
+                &err,
+                ClientError::Api { code, attempts_left: None, retry_after: None, .. } if code == "INVALID_CODE"
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn display_mentions_code_and_hints() {
+        let err = parse(
+            401,
+            None,
+            r#"{"error": {"code": "INVALID_CODE", "message": "wrong", "attempts_left": 1}}"#,
+        );
+        assert_eq!(
+            err.to_string(),
+            "INVALID_CODE (HTTP 401): wrong (1 attempts left)"
+        );
+    }
+
+    #[test]
+    fn credential_debug_hides_the_token() {
+        let c = Credential {
+            user_id: 1,
+            device_id: 2,
+            token: "secret.jwt.value".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("user_id: 1"), "{shown}");
+    }
+
+    #[test]
+    fn ids_parse_from_strings_and_numbers() {
+        let s: WireId = serde_json::from_str(r#""18446744073709551615""#).expect("string id");
+        assert_eq!(s.parse("user_id").expect("fits u64"), u64::MAX);
+        let n: WireId = serde_json::from_str("42").expect("number id");
+        assert_eq!(n.parse("user_id").expect("number"), 42);
+        let bad: WireId = serde_json::from_str(r#""abc""#).expect("string");
+        assert!(matches!(
+            bad.parse("user_id"),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_non_http_base() {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let tls = crate::tls_config_from_pem(key.cert.pem().as_bytes()).expect("tls");
+        assert!(matches!(
+            Registration::new("ftp://x", tls.clone()),
+            Err(ClientError::InvalidInput(_))
+        ));
+        Registration::new("https://127.0.0.1:8443/", tls).expect("valid base");
+    }
+}

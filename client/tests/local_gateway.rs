@@ -1,0 +1,494 @@
+//! `Session` against a tiny in-test gateway: real TCP, real TLS (a
+//! self-signed rcgen certificate), real WebSocket, the Parley frames.
+//!
+//! The stand-in gateway checks the bearer token (401 before the upgrade if
+//! wrong), answers a `Send` with a `ServerAck`, counts pings, and, like the
+//! real one, displaces an older session of the same device when a new one
+//! connects: a `Closing{DISPLACED}` frame, then close code 4001. A session
+//! of [`LISTENER_TOKEN`] first gets a backlog (a message, a receipt,
+//! `QueueEmpty`), and the gateway logs the acks it receives, so the CLI's
+//! `listen` can be checked too.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use parley_client::proto::v1::{
+    ClientFrame, CloseReason, Closing, Deliver, QueueEmpty, Receipt, ReceiptKind, ServerAck,
+    ServerFrame, client_frame, server_frame,
+};
+use parley_client::tungstenite::Message;
+use parley_client::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use parley_client::tungstenite::protocol::CloseFrame;
+use parley_client::{ClientError, ConnectOptions, Session, tls_config_from_pem};
+use prost::Message as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+
+const TOKEN: &str = "good-token";
+/// A second valid token whose sessions start with a backlog.
+const LISTENER_TOKEN: &str = "listener-token";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Gateway {
+    url: String,
+    ca_pem: String,
+    pings: Arc<AtomicUsize>,
+    /// Acks and read receipts received, as `delivery_ack [ids]`,
+    /// `mark_read <user> [ids]`, `receipt_ack [ids]`.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn frame(frame: server_frame::Frame) -> Message {
+    Message::Binary(ServerFrame { frame: Some(frame) }.encode_to_vec().into())
+}
+
+/// What a `LISTENER_TOKEN` session finds queued.
+fn backlog() -> Vec<Message> {
+    vec![
+        frame(server_frame::Frame::Deliver(Deliver {
+            message_id: 77,
+            from_user: 9,
+            timestamp_ms: 1,
+            body: bytes::Bytes::from_static(b"hi\nthere"),
+        })),
+        frame(server_frame::Frame::Receipt(Receipt {
+            receipt_id: 5,
+            kind: ReceiptKind::Delivered as i32,
+            from_user: 9,
+            message_ids: vec![1005],
+            timestamp_ms: 2,
+        })),
+        frame(server_frame::Frame::QueueEmpty(QueueEmpty {})),
+    ]
+}
+
+/// Starts the stand-in gateway on 127.0.0.1:0.
+async fn start_gateway() -> Gateway {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let cert_der: CertificateDer<'static> = key.cert.der().clone();
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der], key_der)
+    .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = State {
+        pings: Arc::new(AtomicUsize::new(0)),
+        log: Arc::new(Mutex::new(Vec::new())),
+        current: Arc::new(Mutex::new(None)),
+    };
+    let gateway = Gateway {
+        url: format!("wss://127.0.0.1:{}/v1/ws", addr.port()),
+        ca_pem: key.cert.pem(),
+        pings: state.pings.clone(),
+        log: state.log.clone(),
+    };
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls, state).await;
+                }
+            });
+        }
+    });
+    gateway
+}
+
+/// What the connections of one stand-in gateway share.
+#[derive(Clone)]
+struct State {
+    pings: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The live session's "you are displaced" trigger, as the real gateway's
+    /// presence table would hold it.
+    current: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, state: State) {
+    let listener_session = Arc::new(AtomicBool::new(false));
+    let is_listener = listener_session.clone();
+    // The error type is tungstenite's `Callback` contract, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let check_token = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let auth = req.headers().get("authorization").map(|v| v.as_bytes());
+        if auth == Some(format!("Bearer {LISTENER_TOKEN}").as_bytes()) {
+            is_listener.store(true, Ordering::SeqCst);
+            return Ok(resp);
+        }
+        if auth == Some(format!("Bearer {TOKEN}").as_bytes()) {
+            return Ok(resp);
+        }
+        Err(http::Response::builder()
+            .status(401)
+            .body(Some("bad token".to_string()))
+            .expect("response"))
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, check_token).await else {
+        return;
+    };
+    let (displace_tx, mut displaced) = oneshot::channel();
+    if let Some(previous) = state
+        .current
+        .lock()
+        .expect("current lock")
+        .replace(displace_tx)
+    {
+        let _ = previous.send(());
+    }
+    if listener_session.load(Ordering::SeqCst) {
+        for msg in backlog() {
+            let _ = ws.send(msg).await;
+        }
+    }
+    loop {
+        let msg = tokio::select! {
+            _ = &mut displaced => {
+                displace(ws).await;
+                return;
+            }
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Binary(bytes))) => {
+                let Ok(client) = ClientFrame::decode(bytes) else {
+                    return;
+                };
+                for reply in answer(client, &state) {
+                    let _ = ws.send(reply).await;
+                }
+            }
+            Some(Ok(Message::Ping(_))) => {
+                state.pings.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// Logs acks and read receipts; answers a `Send` with a ping (which the
+/// client must skip) and a `ServerAck` with `message_id = 1000 + client_msg_id`.
+fn answer(client: ClientFrame, state: &State) -> Vec<Message> {
+    let entry = match client.frame {
+        Some(client_frame::Frame::Send(send)) => {
+            return vec![
+                Message::Ping("x".into()),
+                frame(server_frame::Frame::Ack(ServerAck {
+                    client_msg_id: send.client_msg_id,
+                    message_id: 1000 + send.client_msg_id,
+                    timestamp_ms: 1_700_000_000_000,
+                })),
+            ];
+        }
+        Some(client_frame::Frame::DeliveryAck(a)) => format!("delivery_ack {:?}", a.message_ids),
+        Some(client_frame::Frame::MarkRead(r)) => {
+            format!("mark_read {} {:?}", r.to_user, r.message_ids)
+        }
+        Some(client_frame::Frame::ReceiptAck(a)) => format!("receipt_ack {:?}", a.receipt_ids),
+        None => return Vec::new(),
+    };
+    state.log.lock().expect("log lock").push(entry);
+    Vec::new()
+}
+
+/// What the real gateway does to a replaced session: `Closing{DISPLACED}`,
+/// then close code 4001.
+async fn displace<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = ws
+        .send(frame(server_frame::Frame::Closing(Closing {
+            reason: CloseReason::Displaced as i32,
+            detail: "another session of this device connected".into(),
+        })))
+        .await;
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: parley_client::proto::close::DISPLACED.into(),
+            reason: "displaced".into(),
+        }))
+        .await;
+    // Let the client's close answer arrive.
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+#[tokio::test]
+async fn wrong_token_is_rejected_before_the_upgrade() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let err = Session::connect(&gw.url, tls, "wrong-token")
+        .await
+        .expect_err("must be refused");
+    assert!(
+        matches!(err, ClientError::Rejected { status: 401 }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_a_tls_error() {
+    let gw = start_gateway().await;
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let tls = tls_config_from_pem(other.cert.pem().as_bytes()).expect("tls");
+    let err = Session::connect(&gw.url, tls, TOKEN)
+        .await
+        .expect_err("server cert is not trusted");
+    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn send_gets_a_server_ack() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let mut session = Session::connect(&gw.url, tls, TOKEN)
+        .await
+        .expect("connect");
+    session.send(7, 42, "hello").await.expect("send");
+    let frame = session.next_frame_timeout(WAIT).await.expect("a frame");
+    match frame.frame {
+        Some(server_frame::Frame::Ack(ack)) => {
+            assert_eq!(ack.client_msg_id, 7);
+            assert_eq!(ack.message_id, 1007);
+            assert_eq!(ack.timestamp_ms, 1_700_000_000_000);
+        }
+        other => panic!("expected a ServerAck, got {other:?}"),
+    }
+    // Nothing else is queued: the deadline runs out and the session survives.
+    let err = session
+        .next_frame_timeout(Duration::from_millis(100))
+        .await
+        .expect_err("nothing more");
+    assert!(matches!(err, ClientError::Timeout), "{err:?}");
+    session.send(8, 42, "again").await.expect("still usable");
+    assert!(matches!(
+        session.next_frame_timeout(WAIT).await.expect("ack").frame,
+        Some(server_frame::Frame::Ack(ServerAck {
+            client_msg_id: 8,
+            ..
+        }))
+    ));
+    session.close().await.expect("clean close");
+}
+
+#[tokio::test]
+async fn displaced_session_sees_closing_then_close_code() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let mut old = Session::connect(&gw.url, tls.clone(), TOKEN)
+        .await
+        .expect("connect");
+    // Make sure the gateway has registered the first session before the
+    // second one displaces it.
+    old.send(1, 42, "hi").await.expect("send");
+    old.next_frame_timeout(WAIT).await.expect("ack");
+
+    let new = Session::connect(&gw.url, tls, TOKEN)
+        .await
+        .expect("second connect");
+
+    let frame = old.next_frame_timeout(WAIT).await.expect("Closing frame");
+    match frame.frame {
+        Some(server_frame::Frame::Closing(c)) => {
+            assert_eq!(c.reason, CloseReason::Displaced as i32);
+        }
+        other => panic!("expected Closing, got {other:?}"),
+    }
+    let err = old.next_frame_timeout(WAIT).await.expect_err("closed");
+    assert!(
+        matches!(&err, ClientError::Closed { code: 4001, reason } if reason == "displaced"),
+        "{err:?}"
+    );
+    // The close is sticky: later calls report it too, sends included.
+    let err = old
+        .next_frame_timeout(WAIT)
+        .await
+        .expect_err("still closed");
+    assert!(
+        matches!(err, ClientError::Closed { code: 4001, .. }),
+        "{err:?}"
+    );
+    let err = old.send(2, 42, "late").await.expect_err("send after close");
+    assert!(
+        matches!(err, ClientError::Closed { code: 4001, .. }),
+        "{err:?}"
+    );
+
+    new.close().await.expect("clean close");
+}
+
+#[tokio::test]
+async fn keepalive_pings_while_waiting() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let options = ConnectOptions {
+        keepalive: Some(Duration::from_millis(50)),
+        ..ConnectOptions::default()
+    };
+    let mut session = Session::connect_with(&gw.url, tls, TOKEN, options)
+        .await
+        .expect("connect");
+    let err = session
+        .next_frame_timeout(Duration::from_millis(400))
+        .await
+        .expect_err("no frames");
+    assert!(matches!(err, ClientError::Timeout), "{err:?}");
+    // Round-trip a Send so every ping sent before it has been read.
+    session.send(1, 42, "x").await.expect("send");
+    session.next_frame_timeout(WAIT).await.expect("ack");
+    let pings = gw.pings.load(Ordering::SeqCst);
+    assert!(pings >= 3, "expected several keepalive pings, got {pings}");
+    session.drop_abruptly();
+}
+
+/// The CLI end to end against the stand-in: `send` prints the server's ack
+/// in its documented format and advances the persisted id counter; a refused
+/// token is one stderr line telling the user to register again.
+#[tokio::test]
+async fn cli_send_prints_the_ack_and_persists_the_counter() {
+    use parley_client::profile::{Profile, ProfileDir};
+
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = tmp.path().join("cert.pem");
+    std::fs::write(&ca, &gw.ca_pem).expect("write CA");
+    let dir = ProfileDir::new(tmp.path().join("profile"));
+    let profile = Profile {
+        http: "https://127.0.0.1:1".into(),
+        ws: gw.url.clone(),
+        ca,
+        phone: "+15550000001".into(),
+        user_id: 1,
+        device_id: 1,
+        token: TOKEN.into(),
+        next_client_msg_id: 5,
+    };
+    dir.save(&profile).expect("save profile");
+
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-cli"));
+        command
+            .arg("--profile")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("PARLEY_HTTP")
+            .env_remove("PARLEY_WS")
+            .env_remove("PARLEY_CA");
+        command
+    };
+
+    let out = tokio::time::timeout(WAIT, cli(&["send", "42", "hello"]).output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "✓ sent 1005\n");
+    assert_eq!(dir.load().expect("load").next_client_msg_id, 6);
+
+    dir.save(&Profile {
+        token: "revoked-token".into(),
+        next_client_msg_id: 6,
+        ..profile
+    })
+    .expect("save profile");
+    let out = tokio::time::timeout(WAIT, cli(&["send", "42", "hello"]).output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("HTTP 401") && stderr.contains("register again"),
+        "{stderr}"
+    );
+}
+
+/// `listen` shows the backlog in its documented format, acks everything,
+/// marks read with `--read`, exits on `QueueEmpty`, and on the next run does
+/// not show the redelivered message again but still acks it.
+#[tokio::test]
+async fn cli_listen_shows_acks_and_deduplicates() {
+    use parley_client::profile::{Profile, ProfileDir};
+
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = tmp.path().join("cert.pem");
+    std::fs::write(&ca, &gw.ca_pem).expect("write CA");
+    let dir = ProfileDir::new(tmp.path().join("profile"));
+    dir.save(&Profile {
+        http: "https://127.0.0.1:1".into(),
+        ws: gw.url.clone(),
+        ca,
+        phone: "+15550000002".into(),
+        user_id: 2,
+        device_id: 1,
+        token: LISTENER_TOKEN.into(),
+        next_client_msg_id: 1,
+    })
+    .expect("save profile");
+    let listen = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-cli"));
+        command
+            .arg("--profile")
+            .arg(dir.path())
+            .args(["listen", "--exit-on-empty", "--timeout", "5"])
+            .args(extra)
+            .env_remove("PARLEY_WS")
+            .env_remove("PARLEY_CA");
+        command
+    };
+
+    let out = tokio::time::timeout(WAIT * 2, listen(&["--read"]).output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "9 77 hi\\nthere\n✓✓ delivered 1005 by 9\n"
+    );
+
+    let out = tokio::time::timeout(WAIT * 2, listen(&[]).output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "redelivery shown again"
+    );
+
+    // The CLI closes after its last ack; the gateway may still be logging it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = gw.log.lock().expect("log lock").clone();
+    assert_eq!(
+        log,
+        [
+            "delivery_ack [77]",
+            "mark_read 9 [77]",
+            "receipt_ack [5]",
+            "delivery_ack [77]",
+            "receipt_ack [5]",
+        ]
+    );
+}
