@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 use parley_proto::v1::{ServerFrame, server_frame::Frame};
 use prost::Message;
 
@@ -62,10 +63,14 @@ async fn offline_messages_arrive_in_order_then_the_marker() {
     let r = router(16);
     let mut acks = Vec::new();
     for i in 1..=3 {
-        acks.push(r.send(A, msg(i, B.user, &format!("m{i}"))).await.unwrap());
+        acks.push(
+            r.send(A, msg(i, B.user, &format!("m{i}")))
+                .await
+                .expect("the memory router does not fail"),
+        );
     }
     assert!(acks.windows(2).all(|w| w[0].message_id < w[1].message_id));
-    let mut b = r.attach(B).await.unwrap();
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     let frames = drain(&mut b);
     assert_eq!(bodies(&frames), ["m1", "m2", "m3"]);
     assert!(matches!(frames.last(), Some(Frame::QueueEmpty(_))));
@@ -78,9 +83,11 @@ async fn offline_messages_arrive_in_order_then_the_marker() {
 #[tokio::test]
 async fn an_empty_mailbox_gets_the_marker_at_once_and_live_messages_after() {
     let r = router(16);
-    let mut b = r.attach(B).await.unwrap();
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     assert!(matches!(drain(&mut b)[..], [Frame::QueueEmpty(_)]));
-    r.send(A, msg(1, B.user, "live")).await.unwrap();
+    r.send(A, msg(1, B.user, "live"))
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(bodies(&drain(&mut b)), ["live"]);
 }
 
@@ -88,9 +95,11 @@ async fn an_empty_mailbox_gets_the_marker_at_once_and_live_messages_after() {
 async fn the_window_bounds_unacknowledged_deliveries() {
     let r = router(4);
     for i in 1..=10 {
-        r.send(A, msg(i, B.user, &format!("m{i}"))).await.unwrap();
+        r.send(A, msg(i, B.user, &format!("m{i}")))
+            .await
+            .expect("the memory router does not fail");
     }
-    let mut b = r.attach(B).await.unwrap();
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     let first = drain(&mut b);
     assert_eq!(bodies(&first), ["m1", "m2", "m3", "m4"]);
     assert!(
@@ -99,14 +108,20 @@ async fn the_window_bounds_unacknowledged_deliveries() {
     );
     // Acking out of order frees room all the same.
     let ids = delivered_ids(&first);
-    r.ack_delivery(B, &[ids[2], ids[0]]).await.unwrap();
+    r.ack_delivery(B, &[ids[2], ids[0]])
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(bodies(&drain(&mut b)), ["m5", "m6"]);
-    r.ack_delivery(B, &[ids[1], ids[3]]).await.unwrap();
+    r.ack_delivery(B, &[ids[1], ids[3]])
+        .await
+        .expect("the memory router does not fail");
     let next = drain(&mut b);
     assert_eq!(bodies(&next), ["m7", "m8"]);
     let ids = delivered_ids(&next);
     let more = {
-        r.ack_delivery(B, &ids).await.unwrap();
+        r.ack_delivery(B, &ids)
+            .await
+            .expect("the memory router does not fail");
         drain(&mut b)
     };
     assert_eq!(bodies(&more), ["m9", "m10"]);
@@ -116,8 +131,14 @@ async fn the_window_bounds_unacknowledged_deliveries() {
 #[tokio::test]
 async fn a_resent_client_msg_id_gets_the_original_ack_and_is_queued_once() {
     let r = router(16);
-    let first = r.send(A, msg(7, B.user, "once")).await.unwrap();
-    let again = r.send(A, msg(7, B.user, "once")).await.unwrap();
+    let first = r
+        .send(A, msg(7, B.user, "once"))
+        .await
+        .expect("the memory router does not fail");
+    let again = r
+        .send(A, msg(7, B.user, "once"))
+        .await
+        .expect("the memory router does not fail");
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!(
@@ -133,7 +154,7 @@ async fn a_resent_client_msg_id_gets_the_original_ack_and_is_queued_once() {
     assert!(
         !r.send(new_device, msg(7, B.user, "new"))
             .await
-            .unwrap()
+            .expect("the memory router does not fail")
             .duplicate
     );
     assert_eq!(r.queued(B.user), 2);
@@ -142,27 +163,40 @@ async fn a_resent_client_msg_id_gets_the_original_ack_and_is_queued_once() {
 #[tokio::test]
 async fn unacknowledged_deliveries_come_again_on_the_next_session() {
     let r = router(16);
-    r.send(A, msg(1, B.user, "m1")).await.unwrap();
-    r.send(A, msg(2, B.user, "m2")).await.unwrap();
-    let mut b = r.attach(B).await.unwrap();
+    r.send(A, msg(1, B.user, "m1"))
+        .await
+        .expect("the memory router does not fail");
+    r.send(A, msg(2, B.user, "m2"))
+        .await
+        .expect("the memory router does not fail");
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     let ids = delivered_ids(&drain(&mut b));
-    r.ack_delivery(B, &ids[..1]).await.unwrap();
+    r.ack_delivery(B, &ids[..1])
+        .await
+        .expect("the memory router does not fail");
     r.detach(B, b.id).await;
-    let mut b = r.attach(B).await.unwrap();
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     assert_eq!(bodies(&drain(&mut b)), ["m2"]);
 }
 
 #[tokio::test]
 async fn acks_produce_delivered_receipts_and_reads_produce_read_receipts() {
     let r = router(16);
-    let sent = r.send(A, msg(1, B.user, "hello")).await.unwrap();
-    let mut b = r.attach(B).await.unwrap();
+    let sent = r
+        .send(A, msg(1, B.user, "hello"))
+        .await
+        .expect("the memory router does not fail");
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     drain(&mut b);
-    r.ack_delivery(B, &[sent.message_id]).await.unwrap();
+    r.ack_delivery(B, &[sent.message_id])
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(r.queued(B.user), 0, "acknowledged messages are wiped");
-    r.mark_read(B, A.user, vec![sent.message_id]).await.unwrap();
+    r.mark_read(B, A.user, vec![sent.message_id])
+        .await
+        .expect("the memory router does not fail");
 
-    let mut a = r.attach(A).await.unwrap();
+    let mut a = r.attach(A).await.expect("the memory router does not fail");
     let frames = drain(&mut a);
     let receipts: Vec<_> = frames
         .iter()
@@ -179,29 +213,33 @@ async fn acks_produce_delivered_receipts_and_reads_produce_read_receipts() {
         assert_eq!(receipt.message_ids, [sent.message_id]);
     }
     let ids: Vec<u64> = receipts.iter().map(|r| r.receipt_id).collect();
-    r.ack_receipts(A, &ids).await.unwrap();
+    r.ack_receipts(A, &ids)
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(r.queued(A.user), 0);
     r.detach(A, a.id).await;
-    let mut a = r.attach(A).await.unwrap();
+    let mut a = r.attach(A).await.expect("the memory router does not fail");
     assert!(matches!(drain(&mut a)[..], [Frame::QueueEmpty(_)]));
 }
 
 #[tokio::test]
 async fn a_new_session_displaces_the_old_and_a_late_detach_is_ignored() {
     let r = router(16);
-    let old = r.attach(B).await.unwrap();
-    let mut new = r.attach(B).await.unwrap();
+    let old = r.attach(B).await.expect("the memory router does not fail");
+    let mut new = r.attach(B).await.expect("the memory router does not fail");
     assert_eq!(old.closed.await, Ok(CloseReason::Displaced));
     r.detach(B, old.id).await;
     drain(&mut new);
-    r.send(A, msg(1, B.user, "still live")).await.unwrap();
+    r.send(A, msg(1, B.user, "still live"))
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(bodies(&drain(&mut new)), ["still live"]);
 }
 
 #[tokio::test]
 async fn revoking_a_device_closes_only_that_device_session() {
     let r = router(16);
-    let b = r.attach(B).await.unwrap();
+    let b = r.attach(B).await.expect("the memory router does not fail");
     r.revoke(Device {
         user: B.user,
         device: 99,
@@ -214,21 +252,28 @@ async fn revoking_a_device_closes_only_that_device_session() {
 #[tokio::test]
 async fn a_vanished_session_is_detached_and_its_messages_kept() {
     let r = router(16);
-    let b = r.attach(B).await.unwrap();
+    let b = r.attach(B).await.expect("the memory router does not fail");
     drop(b);
-    r.send(A, msg(1, B.user, "kept")).await.unwrap();
-    let mut b = r.attach(B).await.unwrap();
+    r.send(A, msg(1, B.user, "kept"))
+        .await
+        .expect("the memory router does not fail");
+    let mut b = r.attach(B).await.expect("the memory router does not fail");
     assert_eq!(bodies(&drain(&mut b)), ["kept"]);
 }
 
 #[tokio::test]
 async fn a_user_can_message_itself() {
     let r = router(16);
-    let mut a = r.attach(A).await.unwrap();
+    let mut a = r.attach(A).await.expect("the memory router does not fail");
     drain(&mut a);
-    let sent = r.send(A, msg(1, A.user, "note to self")).await.unwrap();
+    let sent = r
+        .send(A, msg(1, A.user, "note to self"))
+        .await
+        .expect("the memory router does not fail");
     assert_eq!(delivered_ids(&drain(&mut a)), [sent.message_id]);
-    r.ack_delivery(A, &[sent.message_id]).await.unwrap();
+    r.ack_delivery(A, &[sent.message_id])
+        .await
+        .expect("the memory router does not fail");
     assert!(matches!(drain(&mut a)[..], [Frame::Receipt(_)]));
 }
 
@@ -284,12 +329,12 @@ mod properties {
             ops in proptest::collection::vec(op(), 1..120),
             window in 1usize..6,
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             rt.block_on(async move {
                 let r = router(window);
                 // What each sender sent: client_msg_id -> message id.
                 let mut sent: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
-                let mut session: Option<Attached> = Some(r.attach(R).await.unwrap());
+                let mut session: Option<Attached> = Some(r.attach(R).await.expect("the memory router does not fail"));
                 // Deliveries the recipient holds but has not acked yet.
                 let mut holding: Vec<u64> = Vec::new();
                 // What the recipient has stored, by message id.
@@ -315,14 +360,14 @@ mod properties {
                     match op {
                         Op::Send(s) => {
                             let id = sent[s].len() as u64 + 1;
-                            let ack = r.send(sender(s), msg(id, R.user, "x")).await.unwrap();
+                            let ack = r.send(sender(s), msg(id, R.user, "x")).await.expect("the memory router does not fail");
                             assert!(!ack.duplicate);
                             sent[s].push((id, ack.message_id));
                         }
                         Op::Resend(s, k) => {
                             // Resends within the dedupe horizon (8) get the original ack.
                             if let Some(&(cmid, mid)) = sent[s].iter().rev().nth(k) {
-                                let ack = r.send(sender(s), msg(cmid, R.user, "x")).await.unwrap();
+                                let ack = r.send(sender(s), msg(cmid, R.user, "x")).await.expect("the memory router does not fail");
                                 assert!(ack.duplicate);
                                 assert_eq!(ack.message_id, mid);
                             }
@@ -330,17 +375,17 @@ mod properties {
                         Op::Ack(k) => {
                             if !holding.is_empty() {
                                 let id = holding.remove(k % holding.len());
-                                r.ack_delivery(R, &[id]).await.unwrap();
+                                r.ack_delivery(R, &[id]).await.expect("the memory router does not fail");
                             }
                         }
                         Op::AckAll => {
                             let ids: Vec<u64> = std::mem::take(&mut holding);
-                            r.ack_delivery(R, &ids).await.unwrap();
+                            r.ack_delivery(R, &ids).await.expect("the memory router does not fail");
                         }
                         Op::Reconnect => {
                             if let Some(s) = session.take() { r.detach(R, s.id).await; }
                             holding.clear();
-                            session = Some(r.attach(R).await.unwrap());
+                            session = Some(r.attach(R).await.expect("the memory router does not fail"));
                         }
                         Op::Disconnect => {
                             if let Some(s) = session.take() { r.detach(R, s.id).await; }
@@ -351,12 +396,12 @@ mod properties {
                 }
 
                 // Finally the recipient comes online and drains everything.
-                if session.is_none() { session = Some(r.attach(R).await.unwrap()); }
+                if session.is_none() { session = Some(r.attach(R).await.expect("the memory router does not fail")); }
                 for _ in 0..10_000 {
                     take(&mut session, &mut holding);
                     if holding.is_empty() { break; }
                     let ids = std::mem::take(&mut holding);
-                    r.ack_delivery(R, &ids).await.unwrap();
+                    r.ack_delivery(R, &ids).await.expect("the memory router does not fail");
                 }
                 assert_eq!(r.queued(R.user), 0, "everything acked is wiped");
 

@@ -1,0 +1,161 @@
+//! The `parley` server: every part of Parley in one process.
+//!
+//! [`run`] wires the parts together on already-bound listeners: the
+//! [gateway](parley_gateway) where phones hold their sessions, the
+//! [memory router](parley_router::MemoryRouter) that queues messages, and the
+//! [registration](parley_registration) HTTPS API beside it, sharing one
+//! certificate and one account store.
+//!
+//! Modules:
+//! - [`config`]: the typed configuration (flags, environment, file).
+//! - [`tls`]: the certificate (given, or generated on first start).
+//! - [`https`]: serving the HTTP API over TLS.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod https;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use parley_gateway::Gateway;
+use parley_registration::{
+    AccountStore, Authenticator, DeviceEvents, DeviceId, OutboxSms, RegistrationState, TokenKeys,
+    UserId,
+};
+use parley_router::{Device, MemoryRouter, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// The two listeners of a node.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Phones' TLS + WebSocket sessions.
+    pub gateway: TcpListener,
+    /// The HTTPS API.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses with a listen backlog large enough for a burst
+    /// of reconnecting phones (tokio's default is 1024).
+    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            gateway: bind(config.gateway_addr)
+                .with_context(|| format!("cannot listen on {}", config.gateway_addr))?,
+            http: bind(config.http_addr)
+                .with_context(|| format!("cannot listen on {}", config.http_addr))?,
+        })
+    }
+}
+
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Closes the live session of a device that was replaced by a
+/// re-registration of its phone number.
+#[derive(Debug)]
+struct RevokeSessions<R>(R);
+
+impl<R: Router> DeviceEvents for RevokeSessions<R> {
+    fn device_replaced(&self, user: UserId, old_device: DeviceId) {
+        let router = self.0.clone();
+        // Called from a request handler that must not wait on sessions.
+        tokio::spawn(async move {
+            router
+                .revoke(Device {
+                    user,
+                    device: old_device,
+                })
+                .await;
+        });
+    }
+}
+
+/// Runs every part of Parley on `listeners` until `shutdown` completes, then
+/// drains: sessions are told to reconnect, requests in progress finish.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let identity = tls::identity(&config.tls, data_dir).context("TLS certificate")?;
+    let tls = tls::server_config(&identity).context("TLS configuration")?;
+
+    let store = AccountStore::connect(&config.database_url)
+        .await
+        .context("account database")?;
+    let keys = Arc::new(TokenKeys::load_or_generate(&data_dir.join("keys")).context("token keys")?);
+    let router = MemoryRouter::new(config.router.clone());
+    let outbox = data_dir.join("outbox.jsonl");
+    let registration = RegistrationState::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(OutboxSms::new(&outbox)),
+        Arc::new(RevokeSessions(router.clone())),
+        config.registration.clone(),
+    );
+    let app = parley_registration::router(registration);
+    let gateway = Gateway::new(
+        router,
+        Authenticator::new(keys, store.clone()),
+        store,
+        config.gateway.clone(),
+    );
+
+    let gateway_addr = listeners.gateway.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    tracing::info!(
+        gateway = %format!("wss://{gateway_addr}/v1/ws"),
+        http = %format!("https://{http_addr}"),
+        cert = %identity.cert_path.display(),
+        outbox = %outbox.display(),
+        "parley is serving"
+    );
+    // A stable line on stdout for scripts and tests to wait for.
+    println!("parley ready gateway={gateway_addr} http={http_addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let limits = https::HttpsLimits {
+        handshake_timeout: config.gateway.handshake_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let gateway_task =
+        tokio::spawn(gateway.serve(listeners.gateway, tls.clone(), stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(https::serve(
+        listeners.http,
+        tls,
+        app,
+        limits,
+        stopped(stop_rx),
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let (gateway, http) = tokio::join!(gateway_task, http_task);
+    gateway.context("gateway task")?;
+    http.context("https task")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! Bad and hostile input against a real server: every case gets its
+//! documented answer, and a well-behaved conversation on the same server
+//! keeps sending and receiving throughout.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{PROMPTLY, TestServer, next, until};
+use parley_client::{ClientError, Credential, Session};
+use parley_proto::close;
+use parley_proto::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES};
+use parley_proto::v1::{ClientFrame, CloseReason, ErrorCode, server_frame::Frame};
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn is_empty_marker(frame: &Frame) -> bool {
+    matches!(frame, Frame::QueueEmpty(_))
+}
+
+/// A conversation that must not notice anything: Alice sends to Bob every
+/// few milliseconds, Bob acks, Alice checks every ack and receipt.
+struct Bystanders {
+    stop: Arc<AtomicBool>,
+    /// Round trips completed (send, ack, delivery, delivery ack).
+    rounds: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Bystanders {
+    async fn start(server: &TestServer) -> Bystanders {
+        let alice = server.register().await;
+        let bob = server.register().await;
+        let mut a = server.connect(&alice).await;
+        let mut b = server.connect(&bob).await;
+        until(&mut a, is_empty_marker).await;
+        until(&mut b, is_empty_marker).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let rounds = Arc::new(AtomicU64::new(0));
+        let progress = rounds.clone();
+        let task = tokio::spawn(async move {
+            let (mut sent, mut received) = (0u64, 0u64);
+            while !stopping.load(Ordering::Relaxed) {
+                sent += 1;
+                a.send(sent, bob.user_id, format!("still here {sent}"))
+                    .await
+                    .expect("bystander send");
+                // Alice sees her ack (and, for the previous message, its
+                // delivered receipt, which she acks).
+                loop {
+                    match next(&mut a).await {
+                        Frame::Ack(ack) => {
+                            assert_eq!(ack.client_msg_id, sent);
+                            break;
+                        }
+                        Frame::Receipt(r) => a
+                            .ack_receipts(vec![r.receipt_id])
+                            .await
+                            .expect("ack receipt"),
+                        other => panic!("bystander Alice got {other:?}"),
+                    }
+                }
+                match next(&mut b).await {
+                    Frame::Deliver(d) => {
+                        assert_eq!(d.body, format!("still here {sent}").into_bytes());
+                        b.ack_delivery(vec![d.message_id]).await.expect("ack");
+                        received += 1;
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("bystander Bob got {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (sent, received)
+        });
+        Bystanders { stop, rounds, task }
+    }
+
+    /// Checks the conversation still makes progress after whatever the test
+    /// did, then stops it and checks it never missed a beat.
+    async fn finish(self) {
+        let target = self.rounds.load(Ordering::Relaxed) + 3;
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        while self.rounds.load(Ordering::Relaxed) < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bystanders stopped talking"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let (sent, received) = self.task.await.expect("bystanders kept talking");
+        assert_eq!(sent, received);
+    }
+}
+
+/// Expects an `Error` frame with `code`, then the close code `close_code`.
+async fn expect_error_then_close(session: &mut Session, code: ErrorCode, close_code: u16) {
+    match next(session).await {
+        Frame::Error(e) => assert_eq!(e.code(), code, "{e:?}"),
+        other => panic!("expected Error {code:?}, got {other:?}"),
+    }
+    match session.next_frame_timeout(PROMPTLY).await {
+        Err(ClientError::Closed { code, .. }) => assert_eq!(code, close_code),
+        other => panic!("expected close {close_code}, got {other:?}"),
+    }
+}
+
+async fn fresh_session(server: &TestServer) -> (Credential, Session) {
+    let credential = server.register().await;
+    let mut session = server.connect(&credential).await;
+    until(&mut session, is_empty_marker).await;
+    (credential, session)
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_text_frames_close_only_their_session() {
+    let server = TestServer::start();
+    let bystanders = Bystanders::start(&server).await;
+
+    let (_, mut s) = fresh_session(&server).await;
+    s.send_raw(Message::Binary(vec![0x0a, 0xff, 0xff, 0x01].into()))
+        .await
+        .expect("send garbage");
+    expect_error_then_close(&mut s, ErrorCode::MalformedFrame, close::INVALID_PAYLOAD).await;
+
+    let (_, mut s) = fresh_session(&server).await;
+    let empty = ClientFrame { frame: None }.encode_to_vec();
+    s.send_raw(Message::Binary(empty.into()))
+        .await
+        .expect("send empty");
+    expect_error_then_close(&mut s, ErrorCode::MalformedFrame, close::INVALID_PAYLOAD).await;
+
+    let (_, mut s) = fresh_session(&server).await;
+    s.send_raw(Message::Binary(vec![0u8; MAX_FRAME_BYTES + 1].into()))
+        .await
+        .expect("send oversized");
+    expect_error_then_close(&mut s, ErrorCode::FrameTooLarge, close::MESSAGE_TOO_BIG).await;
+
+    let (_, mut s) = fresh_session(&server).await;
+    s.send_raw(Message::Text("hello?".into()))
+        .await
+        .expect("send text");
+    expect_error_then_close(&mut s, ErrorCode::UnsupportedData, close::UNSUPPORTED_DATA).await;
+
+    bystanders.finish().await;
+}
+
+#[tokio::test]
+async fn bodies_just_under_the_limit_pass_and_just_over_are_refused() {
+    let server = TestServer::start();
+    let (_, mut a) = fresh_session(&server).await;
+    let (bob, mut b) = fresh_session(&server).await;
+
+    a.send(1, bob.user_id, vec![b'x'; MAX_BODY_BYTES])
+        .await
+        .expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    match next(&mut b).await {
+        Frame::Deliver(d) => assert_eq!(d.body.len(), MAX_BODY_BYTES),
+        other => panic!("expected the large delivery, got {other:?}"),
+    }
+
+    // Over the body limit but inside the frame limit: refused, session lives.
+    a.send(2, bob.user_id, vec![b'x'; MAX_BODY_BYTES + 1])
+        .await
+        .expect("send");
+    match next(&mut a).await {
+        Frame::SendError(e) => assert_eq!(e.code(), ErrorCode::InvalidMessage),
+        other => panic!("expected INVALID_MESSAGE, got {other:?}"),
+    }
+    a.send(3, bob.user_id, "small").await.expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+}
+
+/// A raw TCP connection that writes `bytes` and reads until the server
+/// closes. Returns what the server sent.
+async fn raw_exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(server.gateway).await.expect("connect");
+    tcp.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    match tokio::time::timeout(PROMPTLY, tcp.read_to_end(&mut answer)).await {
+        Ok(_) => answer,
+        Err(_) => panic!("the server kept a garbage connection open"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_plain_http_on_the_tls_port_are_dropped() {
+    let server = TestServer::start();
+    let bystanders = Bystanders::start(&server).await;
+
+    let answer = raw_exchange(&server, b"\x00\x01garbage garbage garbage\r\n\r\n").await;
+    assert!(!answer.starts_with(b"HTTP"), "no HTTP answer to garbage");
+    let answer = raw_exchange(
+        &server,
+        b"GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 101"),
+        "plain HTTP never upgrades"
+    );
+
+    bystanders.finish().await;
+}
+
+#[tokio::test]
+async fn slow_handshakes_are_cut_off() {
+    let server = TestServer::start_with(&["--handshake-timeout", "1"]);
+    let bystanders = Bystanders::start(&server).await;
+
+    // Connects and says nothing (slowloris), then a TLS client hello cut short.
+    let mut silent = TcpStream::connect(server.gateway).await.expect("connect");
+    let mut partial = TcpStream::connect(server.gateway).await.expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .expect("write");
+    for stream in [&mut silent, &mut partial] {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await {
+            Ok(Ok(_) | Err(_)) => {}
+            Err(_) => panic!("a stalled handshake was kept open past the timeout"),
+        }
+    }
+
+    bystanders.finish().await;
+}
+
+/// The claims of a real token, to forge variants of it.
+fn claims_of(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
+}
+
+fn jwt(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl Fn(&[u8]) -> Vec<u8>,
+) -> String {
+    let head = URL_SAFE_NO_PAD.encode(header.to_string());
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let input = format!("{head}.{body}");
+    let signature = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
+    format!("{input}.{signature}")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+async fn expect_refused(server: &TestServer, token: &str, why: &str) {
+    match Session::connect(&server.ws_url(), server.tls.clone(), token).await {
+        Err(ClientError::Rejected { status }) => assert_eq!(status, 401, "{why}"),
+        Ok(_) => panic!("{why}: the forged token connected"),
+        Err(other) => panic!("{why}: expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let server = TestServer::start();
+    let bystanders = Bystanders::start(&server).await;
+    let victim = server.register().await;
+    let claims = claims_of(&victim.token);
+    let eddsa = serde_json::json!({"alg": "EdDSA", "typ": "JWT"});
+
+    // The server's own signing key, as an attacker who stole the key file
+    // would have it: still refused when the token is expired.
+    let pem = std::fs::read(server.data_dir.path().join("keys/jwt-ed25519.pem"))
+        .expect("the server keeps its signing key in the data directory");
+    let der = pem::parse(pem).expect("pem").into_contents();
+    let server_key = Ed25519KeyPair::from_pkcs8(&der).expect("pkcs8");
+
+    // A sanity check that the forging works: the real claims re-signed with
+    // the real key connect.
+    let resigned = jwt(&eddsa, &claims, |m| server_key.sign(m).as_ref().to_vec());
+    let session = Session::connect(&server.ws_url(), server.tls.clone(), &resigned).await;
+    assert!(session.is_ok(), "re-signed genuine claims should pass");
+
+    let mut expired = claims.clone();
+    expired["iat"] = (now() - 7200).into();
+    expired["exp"] = (now() - 3600).into();
+    let token = jwt(&eddsa, &expired, |m| server_key.sign(m).as_ref().to_vec());
+    expect_refused(&server, &token, "expired").await;
+
+    let rng = ring::rand::SystemRandom::new();
+    let other = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("keygen")
+            .as_ref(),
+    )
+    .expect("key");
+    let token = jwt(&eddsa, &claims, |m| other.sign(m).as_ref().to_vec());
+    expect_refused(&server, &token, "signed by another key").await;
+
+    let none = serde_json::json!({"alg": "none", "typ": "JWT"});
+    let token = jwt(&none, &claims, |_| Vec::new());
+    expect_refused(&server, &token, "alg none").await;
+
+    let hs256 = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+    let public = server_key.public_key().as_ref().to_vec();
+    let token = jwt(&hs256, &claims, |m| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &public);
+        ring::hmac::sign(&key, m).as_ref().to_vec()
+    });
+    expect_refused(&server, &token, "HS256 keyed with the public key").await;
+
+    let mut other_user = claims.clone();
+    other_user["sub"] = "12345".into();
+    let token = jwt(&eddsa, &other_user, |m| other.sign(m).as_ref().to_vec());
+    expect_refused(&server, &token, "claims for another user, foreign key").await;
+
+    expect_refused(&server, "not.a.jwt", "garbage").await;
+    expect_refused(&server, "", "empty").await;
+
+    bystanders.finish().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_without_a_token_or_to_the_wrong_path_is_refused() {
+    let server = TestServer::start();
+    let connector = tokio_rustls::TlsConnector::from(server.tls.clone());
+    let request = |path: &str, auth: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+        )
+    };
+    for (request, status) in [
+        (request("/v1/ws", ""), "401"),
+        (
+            request("/v1/ws", "Authorization: Basic dXNlcjpwYXNz\r\n"),
+            "401",
+        ),
+        (request("/v2/ws", "Authorization: Bearer x\r\n"), "404"),
+    ] {
+        let tcp = TcpStream::connect(server.gateway).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("tls");
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(PROMPTLY, tls.read_to_string(&mut answer))
+            .await
+            .expect("answered promptly")
+            .ok();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "expected {status}, got {answer:?}"
+        );
+        assert!(
+            answer.contains("\"error\""),
+            "with a JSON error body: {answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_silent_session_is_closed_at_the_idle_timeout_and_a_pinging_one_is_not() {
+    let server = TestServer::start_with(&["--idle-timeout", "5"]);
+    // This session does not ping (the client library pings by default).
+    let silent_phone = server.register().await;
+    let options = parley_client::ConnectOptions {
+        keepalive: None,
+        ..parley_client::ConnectOptions::default()
+    };
+    let mut silent = Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        &silent_phone.token,
+        options,
+    )
+    .await
+    .expect("connects");
+    until(&mut silent, is_empty_marker).await;
+    let (_, mut pinging) = fresh_session(&server).await;
+
+    let pinger = tokio::spawn(async move {
+        for _ in 0..8 {
+            pinging.ping().await.expect("ping");
+            match pinging.next_frame_timeout(Duration::from_secs(1)).await {
+                Err(ClientError::Timeout) => {}
+                other => panic!("the pinging session got {other:?}"),
+            }
+        }
+        pinging
+    });
+
+    match silent.next_frame_timeout(Duration::from_secs(8)).await {
+        Ok(frame) => match frame.frame {
+            Some(Frame::Closing(c)) => assert_eq!(c.reason(), CloseReason::IdleTimeout),
+            other => panic!("expected Closing IDLE_TIMEOUT, got {other:?}"),
+        },
+        Err(err) => panic!("expected Closing IDLE_TIMEOUT, got {err:?}"),
+    }
+    match silent.next_frame_timeout(PROMPTLY).await {
+        Err(ClientError::Closed { code, .. }) => assert_eq!(code, close::IDLE_TIMEOUT),
+        other => panic!("expected close 4003, got {other:?}"),
+    }
+    let _alive = pinger
+        .await
+        .expect("the pinging session outlived the idle timeout");
+}
