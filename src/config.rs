@@ -297,6 +297,11 @@ impl Config {
             token_ttl: Duration::from_secs(token_ttl_days * 24 * 3600),
             ..RegistrationConfig::default()
         };
+        // The registration crate knows its own invariants; a setting exposed
+        // here must not be able to break them.
+        registration
+            .validate()
+            .map_err(|err| ConfigError(err.problems))?;
         Ok(Config {
             data_dir,
             gateway_addr: s
