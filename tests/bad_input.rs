@@ -330,7 +330,7 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
 }
 
 #[tokio::test]
-async fn an_upgrade_without_a_token_or_to_the_wrong_path_is_refused() {
+async fn garbage_after_tls_and_upgrades_without_a_token_or_to_the_wrong_path_are_refused() {
     let server = TestServer::start();
     let connector = tokio_rustls::TlsConnector::from(server.tls.clone());
     let request = |path: &str, auth: &str| {
@@ -346,6 +346,8 @@ async fn an_upgrade_without_a_token_or_to_the_wrong_path_is_refused() {
             "401",
         ),
         (request("/v2/ws", "Authorization: Bearer x\r\n"), "404"),
+        // Garbage after a good TLS handshake.
+        ("\x00\x01 not http at all\r\n\r\n".to_owned(), "400"),
     ] {
         let tcp = TcpStream::connect(server.gateway).await.expect("connect");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
