@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use parley_gateway::GatewayConfig;
 use parley_registration::RegistrationConfig;
 use parley_router::MemoryConfig;
@@ -32,6 +32,32 @@ pub struct Cli {
 
     #[command(flatten)]
     pub settings: Settings,
+
+    /// Without a command, `parley` serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands besides serving. Settings go before the command
+/// (`parley --data-dir D provision --count 1000 --out users.jsonl`).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create accounts without SMS codes, for benchmarks and imports, and
+    /// write their credentials as JSON lines
+    /// `{"phone","user_id","device_id","token"}`. Numbers are `+1999`
+    /// followed by 8 digits; numbers that exist are registered again (their
+    /// old tokens stop working).
+    Provision {
+        /// How many accounts.
+        #[arg(long)]
+        count: u64,
+        /// The first number's 8-digit suffix.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Where to write the credentials (mode 0600: they are secrets).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// Log output format.

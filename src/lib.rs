@@ -10,11 +10,13 @@
 //! - [`config`]: the typed configuration (flags, environment, file).
 //! - [`tls`]: the certificate (given, or generated on first start).
 //! - [`https`]: serving the HTTP API over TLS.
+//! - [`provision`]: accounts in bulk for benchmarks (`parley provision`).
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod https;
+pub mod provision;
 pub mod tls;
 
 use std::future::Future;

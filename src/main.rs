@@ -1,11 +1,13 @@
 //! `parley`: parse the configuration, set up logging, bind, run.
 
 use clap::Parser;
-use parley::config::{Cli, Config, LogFormat};
+use parley::config::{Cli, Command, Config, LogFormat};
 use parley::{Listeners, run};
 
 fn main() -> anyhow::Result<()> {
-    let config = match Config::resolve(Cli::parse()) {
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let config = match Config::resolve(cli) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("parley: {err}");
@@ -14,6 +16,12 @@ fn main() -> anyhow::Result<()> {
     };
     init_tracing(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(Command::Provision { count, first, out }) = command {
+        let written =
+            runtime.block_on(parley::provision::provision(&config, count, first, &out))?;
+        println!("provisioned {written} accounts into {}", out.display());
+        return Ok(());
+    }
     runtime.block_on(async {
         let listeners = Listeners::bind(&config)?;
         run(config, listeners, shutdown_signal()).await

@@ -405,87 +405,29 @@ impl AccountStore {
             .bind(phone)
             .execute(&mut *tx)
             .await?;
-        let existing =
-            sqlx::query("SELECT user_id, device_id, generation FROM accounts WHERE phone = $1")
-                .bind(phone)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let registration = match existing {
-            Some(row) => {
-                let user: i64 = row.try_get(0)?;
-                let old_device: i64 = row.try_get(1)?;
-                let generation: i64 = row.try_get(2)?;
-                let new_generation = generation
-                    .checked_add(1)
-                    .ok_or(StoreError::Corrupt("accounts.generation overflows"))?;
-                // A different id, so nothing keyed by the old device (a
-                // live session, a mailbox) can be mistaken for the new one.
-                let device = loop {
-                    let id = random_id();
-                    if id != old_device {
-                        break id;
-                    }
-                };
-                let updated = sqlx::query(
-                    "UPDATE accounts SET device_id = $1, generation = $2, updated_at = $3 \
-                     WHERE user_id = $4 AND generation = $5",
-                )
-                .bind(device)
-                .bind(new_generation)
-                .bind(now_ms)
-                .bind(user)
-                .bind(generation)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated != 1 {
-                    // Cannot happen while we hold the number's lock.
-                    return Err(StoreError::Corrupt(
-                        "account changed during re-registration",
-                    ));
-                }
-                Registration {
-                    user: to_u64(user, "accounts.user_id")?,
-                    device: to_u64(device, "accounts.device_id")?,
-                    generation: to_u64(new_generation, "accounts.generation")?,
-                    replaced_device: Some(to_u64(old_device, "accounts.device_id")?),
-                }
-            }
-            None => {
-                let device = random_id();
-                let mut created = None;
-                for _ in 0..ID_ATTEMPTS {
-                    let user = random_id();
-                    // DO NOTHING rather than an error, because an error would
-                    // abort the whole PostgreSQL transaction and forbid the retry.
-                    let inserted = sqlx::query(
-                        "INSERT INTO accounts \
-                         (user_id, phone, device_id, generation, created_at, updated_at) \
-                         VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (user_id) DO NOTHING",
-                    )
-                    .bind(user)
-                    .bind(phone)
-                    .bind(device)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 1 {
-                        created = Some(user);
-                        break;
-                    }
-                }
-                let user = created.ok_or(StoreError::IdExhausted)?;
-                Registration {
-                    user: to_u64(user, "accounts.user_id")?,
-                    device: to_u64(device, "accounts.device_id")?,
-                    generation: 1,
-                    replaced_device: None,
-                }
-            }
-        };
+        let registration = register_in(&mut tx, phone, now_ms).await?;
         tx.commit().await?;
         Ok(CodeCheck::Registered(registration))
+    }
+
+    /// Registers numbers without SMS codes, in one transaction per
+    /// thousand: the operator's bulk path for benchmarks and imports (`parley
+    /// provision`). Never reachable over HTTP. Numbers that have an account
+    /// are re-registered, exactly as by a verified code.
+    pub async fn provision_many(
+        &self,
+        phones: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let mut out = Vec::with_capacity(phones.len());
+        for chunk in phones.chunks(1000) {
+            let mut tx = self.pool.begin().await?;
+            for phone in chunk {
+                out.push(register_in(&mut tx, phone, now_ms).await?);
+            }
+            tx.commit().await?;
+        }
+        Ok(out)
     }
 
     /// The registered ones among `phones`, as (phone, user id), each once.
@@ -528,6 +470,96 @@ impl AccountStore {
             .rows_affected();
         Ok(history + codes)
     }
+}
+
+/// Registers `phone` inside `tx`: a new account, or, for a number that has
+/// one, a new device and generation of the same user. The caller holds
+/// whatever lock makes this number's registration exclusive.
+async fn register_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    phone: &str,
+    now_ms: i64,
+) -> Result<Registration, StoreError> {
+    let existing =
+        sqlx::query("SELECT user_id, device_id, generation FROM accounts WHERE phone = $1")
+            .bind(phone)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let registration = match existing {
+        Some(row) => {
+            let user: i64 = row.try_get(0)?;
+            let old_device: i64 = row.try_get(1)?;
+            let generation: i64 = row.try_get(2)?;
+            let new_generation = generation
+                .checked_add(1)
+                .ok_or(StoreError::Corrupt("accounts.generation overflows"))?;
+            // A different id, so nothing keyed by the old device (a
+            // live session, a mailbox) can be mistaken for the new one.
+            let device = loop {
+                let id = random_id();
+                if id != old_device {
+                    break id;
+                }
+            };
+            let updated = sqlx::query(
+                "UPDATE accounts SET device_id = $1, generation = $2, updated_at = $3 \
+                     WHERE user_id = $4 AND generation = $5",
+            )
+            .bind(device)
+            .bind(new_generation)
+            .bind(now_ms)
+            .bind(user)
+            .bind(generation)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                // Cannot happen while we hold the number's lock.
+                return Err(StoreError::Corrupt(
+                    "account changed during re-registration",
+                ));
+            }
+            Registration {
+                user: to_u64(user, "accounts.user_id")?,
+                device: to_u64(device, "accounts.device_id")?,
+                generation: to_u64(new_generation, "accounts.generation")?,
+                replaced_device: Some(to_u64(old_device, "accounts.device_id")?),
+            }
+        }
+        None => {
+            let device = random_id();
+            let mut created = None;
+            for _ in 0..ID_ATTEMPTS {
+                let user = random_id();
+                // DO NOTHING rather than an error, because an error would
+                // abort the whole PostgreSQL transaction and forbid the retry.
+                let inserted = sqlx::query(
+                    "INSERT INTO accounts \
+                         (user_id, phone, device_id, generation, created_at, updated_at) \
+                         VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user)
+                .bind(phone)
+                .bind(device)
+                .bind(now_ms)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    created = Some(user);
+                    break;
+                }
+            }
+            let user = created.ok_or(StoreError::IdExhausted)?;
+            Registration {
+                user: to_u64(user, "accounts.user_id")?,
+                device: to_u64(device, "accounts.device_id")?,
+                generation: 1,
+                replaced_device: None,
+            }
+        }
+    };
+    Ok(registration)
 }
 
 async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {

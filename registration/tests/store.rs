@@ -36,6 +36,7 @@ on_every_backend!(
     reregistration_replaces_device,
     lookup_finds_registered,
     prune_removes_old_rows,
+    provisioning_creates_and_reregisters_accounts,
 );
 
 async fn open(backend: &Backend) -> (tempfile::TempDir, AccountStore) {
@@ -325,4 +326,33 @@ async fn prune_removes_old_rows(backend: Backend) {
         check(&store, PHONE_B, "222222", T0 + DAY + SEC).await,
         CodeCheck::Registered(_)
     ));
+}
+
+async fn provisioning_creates_and_reregisters_accounts(backend: Backend) {
+    let (_dir, store) = open(&backend).await;
+    // Over one chunk (1,000 per transaction), to cross the boundary.
+    let phones: Vec<String> = (0..1_001).map(|i| format!("+1999{i:08}")).collect();
+    let first = store.provision_many(&phones, T0).await.expect("provision");
+    assert_eq!(first.len(), phones.len());
+    let users: std::collections::HashSet<u64> = first.iter().map(|r| r.user).collect();
+    assert_eq!(users.len(), phones.len(), "one account per number");
+    for r in &first {
+        assert_eq!(r.generation, 1);
+        assert_eq!(r.replaced_device, None);
+        let device = store.device(r.user).await.expect("device").expect("exists");
+        assert_eq!((device.device, device.generation), (r.device, 1));
+    }
+    // Provisioning a number again re-registers it, like a verified code.
+    let again = store
+        .provision_many(&phones[..1], T0 + SEC)
+        .await
+        .expect("provision again");
+    assert_eq!(again[0].user, first[0].user);
+    assert_eq!(again[0].generation, 2);
+    assert_eq!(again[0].replaced_device, Some(first[0].device));
+    let found = store
+        .lookup(&[phones[1000].as_str()])
+        .await
+        .expect("lookup");
+    assert_eq!(found, vec![(phones[1000].clone(), first[1000].user)]);
 }

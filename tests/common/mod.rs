@@ -35,7 +35,11 @@ impl TestServer {
     /// Starts `parley` on ephemeral loopback ports with extra flags, and
     /// waits for its ready line.
     pub fn start_with(args: &[&str]) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temp data dir");
+        TestServer::start_in(tempfile::tempdir().expect("temp data dir"), args)
+    }
+
+    /// Starts `parley` on a data directory prepared by the test.
+    pub fn start_in(data_dir: tempfile::TempDir, args: &[&str]) -> TestServer {
         let log = std::fs::File::create(data_dir.path().join("server.log")).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
             .args(["--data-dir"])

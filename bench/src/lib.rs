@@ -1,0 +1,1 @@
+//! parley-bench: the load generator (being built).
