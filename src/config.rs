@@ -58,6 +58,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// A live one-screen view of a running node, from its admin endpoint:
+    /// sessions, queue depth, and the rates of the key counters over 1 s,
+    /// 10 s and 100 s.
+    Stats {
+        /// The node's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090", value_name = "URL")]
+        admin: String,
+        /// Seconds between screens.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Stop after this many screens (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 /// Log output format.
@@ -88,6 +102,11 @@ pub struct Settings {
     /// Where the HTTPS API (registration, contacts) listens. [default: 127.0.0.1:8443]
     #[arg(long, env = "PARLEY_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+
+    /// Where the plain-HTTP admin endpoints (/metrics, /healthz, /readyz)
+    /// listen. Keep it private. [default: 127.0.0.1:9090]
+    #[arg(long, env = "PARLEY_ADMIN_ADDR", value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
 
     /// Account database: sqlite://PATH?mode=rwc or postgres://...
     /// [default: sqlite://<data-dir>/parley.db?mode=rwc]
@@ -184,6 +203,7 @@ impl Settings {
             data_dir: self.data_dir.or(lower.data_dir),
             gateway_addr: self.gateway_addr.or(lower.gateway_addr),
             http_addr: self.http_addr.or(lower.http_addr),
+            admin_addr: self.admin_addr.or(lower.admin_addr),
             database_url: self.database_url.or(lower.database_url),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
@@ -219,6 +239,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub gateway_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub database_url: String,
     pub tls: TlsSource,
     pub gateway: GatewayConfig,
@@ -336,6 +357,9 @@ impl Config {
             http_addr: s
                 .http_addr
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            admin_addr: s
+                .admin_addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             database_url,
             tls,
             gateway,

@@ -7,16 +7,20 @@
 //! certificate and one account store.
 //!
 //! Modules:
+//! - [`admin`]: metrics, rates, liveness and readiness for operators.
 //! - [`config`]: the typed configuration (flags, environment, file).
 //! - [`tls`]: the certificate (given, or generated on first start).
 //! - [`https`]: serving the HTTP API over TLS.
 //! - [`provision`]: accounts in bulk for benchmarks (`parley provision`).
+//! - [`stats`]: the operator's live view (`parley stats`).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod https;
 pub mod provision;
+pub mod stats;
 pub mod tls;
 
 use std::future::Future;
@@ -29,7 +33,10 @@ use parley_registration::{
     UserId,
 };
 use parley_router::{Device, MemoryRouter, Router};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+
+use admin::{Admin, Metrics};
 use tokio::sync::watch;
 
 pub use config::Config;
@@ -41,6 +48,8 @@ pub struct Listeners {
     pub gateway: TcpListener,
     /// The HTTPS API.
     pub http: TcpListener,
+    /// Metrics and health, plain HTTP.
+    pub admin: TcpListener,
 }
 
 impl Listeners {
@@ -52,6 +61,8 @@ impl Listeners {
                 .with_context(|| format!("cannot listen on {}", config.gateway_addr))?,
             http: bind(config.http_addr)
                 .with_context(|| format!("cannot listen on {}", config.http_addr))?,
+            admin: bind(config.admin_addr)
+                .with_context(|| format!("cannot listen on {}", config.admin_addr))?,
         })
     }
 }
@@ -106,7 +117,8 @@ pub async fn run(
         .await
         .context("account database")?;
     let keys = Arc::new(TokenKeys::load_or_generate(&data_dir.join("keys")).context("token keys")?);
-    let router = MemoryRouter::new(config.router.clone());
+    let mut metrics = Metrics::default();
+    let router = MemoryRouter::with_metrics(config.router.clone(), metrics.router.clone());
     let outbox = data_dir.join("outbox.jsonl");
     let registration = RegistrationState::new(
         store.clone(),
@@ -115,25 +127,38 @@ pub async fn run(
         Arc::new(RevokeSessions(router.clone())),
         config.registration.clone(),
     );
-    let app = parley_registration::router(registration);
+    let registration_metrics = registration.metrics().clone();
+    metrics.add_registration(&registration_metrics);
+    let metrics = Arc::new(metrics);
+    let app = parley_registration::router(registration).route_layer(
+        axum::middleware::from_fn_with_state(metrics.http.clone(), admin::count_requests),
+    );
     let gateway = Gateway::new(
-        router,
+        router.clone(),
         Authenticator::new(keys, store.clone()),
         store,
         config.gateway.clone(),
+        metrics.gateway.clone(),
     );
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_app = admin::app(Admin {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
 
     let gateway_addr = listeners.gateway.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
     tracing::info!(
         gateway = %format!("wss://{gateway_addr}/v1/ws"),
         http = %format!("https://{http_addr}"),
+        admin = %format!("http://{admin_addr}/metrics"),
         cert = %identity.cert_path.display(),
         outbox = %outbox.display(),
         "parley is serving"
     );
     // A stable line on stdout for scripts and tests to wait for.
-    println!("parley ready gateway={gateway_addr} http={http_addr}");
+    println!("parley ready gateway={gateway_addr} http={http_addr} admin={admin_addr}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -150,14 +175,37 @@ pub async fn run(
         tls,
         app,
         limits,
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     ));
+    let tick_task = tokio::spawn(admin::tick(
+        metrics,
+        registration_metrics,
+        router,
+        stop_rx.clone(),
+    ));
+    // The admin listener outlives the drain, so the node can be watched
+    // while it empties; it stops last.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(async move {
+        axum::serve(listeners.admin, admin_app)
+            .with_graceful_shutdown(stopped(admin_stop_rx))
+            .await
+    });
+    ready.store(true, Ordering::Relaxed);
+
     shutdown.await;
     tracing::info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let (gateway, http) = tokio::join!(gateway_task, http_task);
+    let (gateway, http, tick) = tokio::join!(gateway_task, http_task, tick_task);
     gateway.context("gateway task")?;
     http.context("https task")?;
+    tick.context("metrics task")?;
+    let _ = admin_stop_tx.send(true);
+    admin_task
+        .await
+        .context("admin task")?
+        .context("admin listener")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,20 @@ use parley::{Listeners, run};
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     let command = cli.command.take();
+    if let Some(Command::Stats {
+        admin,
+        interval,
+        count,
+    }) = &command
+    {
+        // A viewer: it needs none of the server's configuration.
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(parley::stats::run(
+            admin,
+            std::time::Duration::from_secs((*interval).max(1)),
+            *count,
+        ));
+    }
     let config = match Config::resolve(cli) {
         Ok(config) => config,
         Err(err) => {
@@ -16,9 +30,9 @@ fn main() -> anyhow::Result<()> {
     };
     init_tracing(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
-    if let Some(Command::Provision { count, first, out }) = command {
-        let written =
-            runtime.block_on(parley::provision::provision(&config, count, first, &out))?;
+    if let Some(Command::Provision { count, first, out }) = &command {
+        let (count, first) = (*count, *first);
+        let written = runtime.block_on(parley::provision::provision(&config, count, first, out))?;
         println!("provisioned {written} accounts into {}", out.display());
         return Ok(());
     }

@@ -9,6 +9,7 @@
 //! - `upgrade`: the HTTP upgrade request, authentication, 101 or an HTTP error.
 //! - `session`: the session loop (frames in, frames out, keepalive, closing).
 //! - `recipients`: which user ids are registered (cached).
+//! - [`metrics`]: what the gateway counts.
 //!
 //! Everything a peer controls is bounded or timed: connections (permits),
 //! the handshake, the request head, frame sizes, silence (idle timeout) and
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 mod recipients;
 mod session;
 mod upgrade;
@@ -34,6 +36,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
+pub use metrics::GatewayMetrics;
+use metrics::Held;
 use recipients::Recipients;
 
 /// Settings of the gateway. Every value bounds something a peer controls.
@@ -99,6 +103,7 @@ struct Shared<R> {
     recipients: Recipients,
     config: GatewayConfig,
     websocket: WebSocketConfig,
+    metrics: GatewayMetrics,
 }
 
 /// The gateway: build it once, then [`Gateway::serve`] a listener.
@@ -108,7 +113,13 @@ pub struct Gateway<R> {
 }
 
 impl<R: Router> Gateway<R> {
-    pub fn new(router: R, auth: Authenticator, store: AccountStore, config: GatewayConfig) -> Self {
+    pub fn new(
+        router: R,
+        auth: Authenticator,
+        store: AccountStore,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+    ) -> Self {
         let recipients = Recipients::new(store, config.known_users_cache);
         let websocket = config.websocket();
         Self {
@@ -118,6 +129,7 @@ impl<R: Router> Gateway<R> {
                 recipients,
                 config,
                 websocket,
+                metrics,
             }),
         }
     }
@@ -191,26 +203,39 @@ async fn connection<R: Router>(
     shared: Arc<Shared<R>>,
     stop: watch::Receiver<bool>,
 ) {
+    let accepted = std::time::Instant::now();
+    let _open = Held::new(&shared.metrics.connections_open);
     // Small frames (acks, receipts) must go out at once.
     let _ = tcp.set_nodelay(true);
     let handshake = async {
-        let tls = acceptor.accept(tcp).await?;
+        let tls = acceptor.accept(tcp).await.map_err(|_| "tls")?;
         upgrade::accept(tls, &shared.auth, shared.websocket)
             .await
-            .map_err(std::io::Error::other)
+            .map_err(|err| match err {
+                upgrade::UpgradeError::Refused(refusal) => refusal.code(),
+                upgrade::UpgradeError::Io(_) => "io",
+            })
     };
-    let (ws, claims) = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await
-    {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, error = %err, "handshake failed");
+    let outcome = tokio::time::timeout(shared.config.handshake_timeout, handshake)
+        .await
+        .unwrap_or(Err("timeout"));
+    let (ws, claims) = match outcome {
+        Ok(accepted) => accepted,
+        Err(reason) => {
+            tracing::debug!(%peer, reason, "handshake failed");
+            shared
+                .metrics
+                .login_failures
+                .get_or_create(&[("reason", reason)])
+                .inc();
             return;
         }
-        Err(_) => {
-            tracing::debug!(%peer, "handshake timed out");
-            return;
-        }
     };
+    shared.metrics.logins.inc();
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(accepted.elapsed().as_secs_f64());
     let device = Device {
         user: claims.user,
         device: claims.device,

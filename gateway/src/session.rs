@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::Shared;
+use crate::metrics::{GatewayMetrics, Held};
 
 /// How long the server waits for the phone to answer its close frame before
 /// dropping the connection.
@@ -62,6 +63,8 @@ pub(crate) async fn run<S, R>(
     R: Router,
 {
     let config = &shared.config;
+    let metrics = &shared.metrics;
+    let _open = Held::new(&metrics.sessions_open);
     let mut attached = match shared.router.attach(device).await {
         Ok(attached) => attached,
         Err(err) => {
@@ -69,6 +72,7 @@ pub(crate) async fn run<S, R>(
             finish(
                 &mut ws,
                 Ending::Error(ErrorCode::Internal, "router unavailable"),
+                metrics,
             )
             .await;
             return;
@@ -93,7 +97,7 @@ pub(crate) async fn run<S, R>(
                     break Ending::Closing(CloseReason::ServerShutdown);
                 };
                 if let Err(ending) =
-                    write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout).await
+                    write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout, metrics).await
                 {
                     break ending;
                 }
@@ -104,6 +108,8 @@ pub(crate) async fn run<S, R>(
                 match message {
                     None => break Ending::Gone,
                     Some(Ok(Message::Binary(bytes))) => {
+                        metrics.frames_in.inc();
+                        metrics.bytes_in.inc_by(bytes.len() as u64);
                         if let Err(ending) = on_frame(&shared, device, &bytes, &mut ws).await {
                             break ending;
                         }
@@ -132,7 +138,11 @@ pub(crate) async fn run<S, R>(
     // session does not wait for this one to finish closing.
     shared.router.detach(device, attached.id).await;
     tracing::debug!(?ending, "session ended");
-    finish(&mut ws, ending).await;
+    metrics
+        .sessions_closed
+        .get_or_create(&[("reason", ending.label())])
+        .inc();
+    finish(&mut ws, ending, metrics).await;
 }
 
 /// Writes `first` and whatever else the router has queued (up to a bound),
@@ -142,11 +152,14 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     first: Bytes,
     more: &mut tokio::sync::mpsc::Receiver<Bytes>,
     limit: Duration,
+    metrics: &GatewayMetrics,
 ) -> Result<(), Ending> {
     let write = async {
+        count_out(metrics, &first);
         ws.feed(Message::Binary(first)).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(frame) = more.try_recv() else { break };
+            count_out(metrics, &frame);
             ws.feed(Message::Binary(frame)).await?;
         }
         ws.flush().await
@@ -160,12 +173,19 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+fn count_out(metrics: &GatewayMetrics, frame: &[u8]) {
+    metrics.frames_out.inc();
+    metrics.bytes_out.inc_by(frame.len() as u64);
+}
+
 async fn write_frame<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     frame: server_frame::Frame,
     limit: Duration,
+    metrics: &GatewayMetrics,
 ) -> Result<(), Ending> {
     let bytes = ServerFrame { frame: Some(frame) }.encode_to_vec();
+    count_out(metrics, &bytes);
     match timeout(limit, ws.send(Message::Binary(bytes.into()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(Ending::Gone),
@@ -196,7 +216,14 @@ where
         )),
         Some(client_frame::Frame::Send(send)) => {
             let reply = on_send(shared, device, send).await;
-            write_frame(ws, reply, shared.config.write_timeout).await
+            if let server_frame::Frame::SendError(err) = &reply {
+                shared
+                    .metrics
+                    .send_errors
+                    .get_or_create(&[("code", err.code().as_str_name())])
+                    .inc();
+            }
+            write_frame(ws, reply, shared.config.write_timeout, &shared.metrics).await
         }
         Some(client_frame::Frame::DeliveryAck(ack)) => shared
             .router
@@ -280,7 +307,11 @@ async fn on_send<R: Router>(
 
 /// Tells the phone why the session ends, closes with the matching code, and
 /// waits briefly for the phone's close frame.
-async fn finish<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, ending: Ending) {
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    ending: Ending,
+    metrics: &GatewayMetrics,
+) {
     let (frame, code) = match ending {
         Ending::Gone => return,
         Ending::ClientClosed => (None, None),
@@ -303,6 +334,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, 
     let closing = async {
         if let Some(frame) = frame {
             let bytes = ServerFrame { frame: Some(frame) }.encode_to_vec();
+            count_out(metrics, &bytes);
             ws.send(Message::Binary(bytes.into())).await?;
         }
         let close_frame = code.map(|(code, reason)| CloseFrame {
@@ -315,6 +347,31 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, 
         Ok::<_, WsError>(())
     };
     let _ = timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+impl Ending {
+    /// The `reason` label of `gateway_sessions_closed`.
+    fn label(&self) -> &'static str {
+        match self {
+            Ending::Closing(reason) => match reason {
+                CloseReason::Displaced => "displaced",
+                CloseReason::Revoked => "revoked",
+                CloseReason::ServerShutdown => "shutdown",
+                CloseReason::IdleTimeout => "idle_timeout",
+                CloseReason::SlowConsumer => "slow_consumer",
+                CloseReason::Unspecified => "unspecified",
+            },
+            Ending::Error(code, _) => match code {
+                ErrorCode::MalformedFrame => "malformed_frame",
+                ErrorCode::FrameTooLarge => "frame_too_large",
+                ErrorCode::UnsupportedData => "unsupported_data",
+                _ => "internal",
+            },
+            Ending::ClientClosed => "client_closed",
+            Ending::Protocol => "protocol_error",
+            Ending::Gone => "gone",
+        }
+    }
 }
 
 fn reason_text(reason: CloseReason) -> &'static str {

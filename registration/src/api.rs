@@ -30,6 +30,8 @@ use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::routing::post;
 use axum::{BoxError, Json, Router};
 use http::StatusCode;
+
+use crate::metrics::RegistrationMetrics;
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -166,6 +168,7 @@ struct Inner {
     /// Unix ms after which the next code request prunes old rows. Atomic so
     /// that exactly one concurrent request wins each pruning turn.
     next_prune_ms: AtomicI64,
+    metrics: RegistrationMetrics,
 }
 
 impl fmt::Debug for RegistrationState {
@@ -179,6 +182,11 @@ impl fmt::Debug for RegistrationState {
 }
 
 impl RegistrationState {
+    /// What this state counts; the server registers it once.
+    pub fn metrics(&self) -> &RegistrationMetrics {
+        &self.inner.metrics
+    }
+
     /// Takes `config` as given; call [`RegistrationConfig::validate`] at
     /// start-up to report bad values first.
     pub fn new(
@@ -198,6 +206,7 @@ impl RegistrationState {
                 sms,
                 events,
                 lookup_limiter,
+                metrics: RegistrationMetrics::default(),
                 config,
                 next_prune_ms: AtomicI64::new(0),
             }),
@@ -327,6 +336,7 @@ async fn request_code(
         }
         return Err(AppError::SmsFailed(e));
     }
+    state.inner.metrics.codes_sent.inc();
     Ok((
         StatusCode::ACCEPTED,
         Json(CodeResponse {
@@ -360,6 +370,15 @@ async fn verify(
     // Whatever was sent is hashed and compared: a malformed code is just a
     // wrong one, and costs an attempt like any other guess.
     let hash = code::hash(&body.phone, &body.code);
+    let refused = |code: &'static str, err: AppError| {
+        state
+            .inner
+            .metrics
+            .verify_failures
+            .get_or_create(&[("code", code)])
+            .inc();
+        err
+    };
     let registration = match state
         .inner
         .store
@@ -367,10 +386,25 @@ async fn verify(
         .await?
     {
         CodeCheck::Registered(registration) => registration,
-        CodeCheck::NoPendingCode => return Err(AppError::NoPendingCode),
-        CodeCheck::Expired => return Err(AppError::CodeExpired),
-        CodeCheck::Wrong { attempts_left } => return Err(AppError::WrongCode { attempts_left }),
+        CodeCheck::NoPendingCode => {
+            return Err(refused("NO_PENDING_CODE", AppError::NoPendingCode));
+        }
+        CodeCheck::Expired => return Err(refused("CODE_EXPIRED", AppError::CodeExpired)),
+        CodeCheck::Wrong { attempts_left } => {
+            return Err(refused("WRONG_CODE", AppError::WrongCode { attempts_left }));
+        }
     };
+    let outcome = if registration.replaced_device.is_some() {
+        "reregistered"
+    } else {
+        "new_account"
+    };
+    state
+        .inner
+        .metrics
+        .codes_verified
+        .get_or_create(&[("outcome", outcome)])
+        .inc();
     // Committed: from here on the old device's credential is refused.
     if let Some(old_device) = registration.replaced_device {
         tracing::info!(

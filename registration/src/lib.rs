@@ -19,6 +19,7 @@
 //! - [`sms`]: the SMS sender trait and the development outbox.
 //! - [`events`]: the hook told when a device is replaced.
 //! - [`ratelimit`]: the in-memory per-user token bucket for contact lookups.
+//! - [`metrics`]: what registration counts.
 
 pub mod api;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod code;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod metrics;
 pub mod phone;
 pub mod ratelimit;
 pub mod sms;
@@ -43,6 +45,7 @@ pub type DeviceId = u64;
 pub use api::{RegistrationConfig, RegistrationState, router};
 pub use auth::{AuthError, Authenticator};
 pub use events::{DeviceEvents, IgnoreDeviceEvents};
+pub use metrics::RegistrationMetrics;
 pub use sms::{OutboxSms, SmsError, SmsSender};
 pub use store::{AccountStore, DeviceRecord, StoreError};
 pub use token::{DeviceClaims, KeyError, TokenError, TokenKeys};

@@ -36,6 +36,11 @@ impl IdGenerator {
     }
 }
 
+/// When the id was taken, in milliseconds since the Unix epoch.
+pub(crate) fn accepted_at_ms(id: u64) -> u64 {
+    id >> COUNTER_BITS
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

@@ -8,6 +8,7 @@
 //!
 //! Modules:
 //! - [`memory`]: the single-node backend, all state in process memory.
+//! - [`metrics`]: what the router counts.
 //! - `mailbox`: one device's queue, its delivery window and its
 //!   de-duplication memory (private; the logic every backend shares).
 //! - `ids`: message and receipt ids.
@@ -23,6 +24,7 @@ mod frames;
 mod ids;
 mod mailbox;
 pub mod memory;
+pub mod metrics;
 
 use std::future::Future;
 
@@ -30,7 +32,8 @@ use bytes::Bytes;
 use parley_proto::v1::CloseReason;
 use tokio::sync::{mpsc, oneshot};
 
-pub use memory::{MemoryConfig, MemoryRouter};
+pub use memory::{Census, MemoryConfig, MemoryRouter};
+pub use metrics::RouterMetrics;
 
 /// An opaque user id (see `parley-registration`).
 pub type UserId = u64;

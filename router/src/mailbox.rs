@@ -215,8 +215,12 @@ impl Mailbox {
         self.queue.is_empty() && self.live.is_none() && self.sent.recent.is_empty()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The id of the oldest queued entry.
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        self.queue.front().map(|e| e.id)
     }
 }

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use parley_proto::v1::{CloseReason, ReceiptKind};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ids::{IdGenerator, now_ms};
+use crate::ids::{IdGenerator, accepted_at_ms, now_ms};
 use crate::mailbox::{Entry, Live, Mailbox};
+use crate::metrics::{Kind, KindLabel, RouterMetrics};
 use crate::{Accepted, Attached, Device, Outgoing, Router, RouterError, SessionId, UserId, frames};
 
 /// Settings of the memory router.
@@ -62,10 +63,30 @@ struct Inner {
     ids: IdGenerator,
     /// Session ids, only to tell sessions of one device apart.
     sessions: AtomicU64,
+    metrics: RouterMetrics,
+}
+
+/// A count of what the router holds, taken shard by shard (so not an
+/// atomic snapshot, which an operator's gauge does not need).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub mailboxes: usize,
+    /// Messages and receipts queued.
+    pub queued: usize,
+    /// The most entries queued for one device.
+    pub deepest: usize,
+    /// Age of the oldest queued entry, in milliseconds.
+    pub oldest_age_ms: u64,
 }
 
 impl MemoryRouter {
+    /// A router whose metrics are not registered anywhere.
     pub fn new(config: MemoryConfig) -> Self {
+        Self::with_metrics(config, RouterMetrics::default())
+    }
+
+    /// A router counting into `metrics`.
+    pub fn with_metrics(config: MemoryConfig, metrics: RouterMetrics) -> Self {
         let shards = (0..config.shards.max(1))
             .map(|_| Mutex::new(Shard::new()))
             .collect();
@@ -75,6 +96,7 @@ impl MemoryRouter {
                 shards,
                 ids: IdGenerator::default(),
                 sessions: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -110,6 +132,7 @@ impl MemoryRouter {
             if let Some((message_id, timestamp_ms)) =
                 sender.sent_before(from.device, msg.client_msg_id)
             {
+                self.inner.metrics.messages_deduplicated.inc();
                 return Accepted {
                     message_id,
                     timestamp_ms,
@@ -144,6 +167,7 @@ impl MemoryRouter {
                 timestamp_ms,
                 self.inner.config.dedupe_horizon,
             );
+        self.inner.metrics.messages_accepted.inc();
         Accepted {
             message_id,
             timestamp_ms,
@@ -153,6 +177,15 @@ impl MemoryRouter {
 
     /// Queues a receipt for `to` about messages of `by`.
     fn queue_receipt(&self, to: UserId, kind: ReceiptKind, by: UserId, message_ids: Vec<u64>) {
+        let label = match kind {
+            ReceiptKind::Read => Kind::Read,
+            _ => Kind::Delivered,
+        };
+        self.inner
+            .metrics
+            .receipts_queued
+            .get_or_create(&KindLabel { kind: label })
+            .inc();
         let mut shard = self.lock(self.shard_of(to));
         let receipt_id = self.inner.ids.next();
         let frame = frames::receipt(receipt_id, kind, by, message_ids, now_ms());
@@ -174,10 +207,19 @@ impl MemoryRouter {
         let Some(mailbox) = shard.get_mut(&user) else {
             return by_sender;
         };
+        let metrics = &self.inner.metrics;
+        let now = now_ms();
         for &id in ids {
-            let Some(sender) = mailbox.remove(id).and_then(|e| e.sender) else {
+            let Some(entry) = mailbox.remove(id) else {
                 continue;
             };
+            let Some(sender) = entry.sender else {
+                metrics.receipts_acknowledged.inc();
+                continue;
+            };
+            metrics.messages_delivered.inc();
+            let age_ms = now.saturating_sub(accepted_at_ms(id));
+            metrics.delivery_seconds.observe(age_ms as f64 / 1000.0);
             match by_sender.iter_mut().find(|(s, _)| *s == sender) {
                 Some((_, ids)) => ids.push(id),
                 None => by_sender.push((sender, vec![id])),
@@ -188,6 +230,36 @@ impl MemoryRouter {
             shard.remove(&user);
         }
         by_sender
+    }
+
+    /// Counts what the router holds and updates the census gauges. Locks
+    /// each shard in turn, briefly: meant for a once-a-second ticker.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        let mut oldest = u64::MAX;
+        for shard in 0..self.inner.shards.len() {
+            let shard = self.lock(shard);
+            census.mailboxes += shard.len();
+            for mailbox in shard.values() {
+                census.queued += mailbox.len();
+                census.deepest = census.deepest.max(mailbox.len());
+                if let Some(id) = mailbox.oldest() {
+                    oldest = oldest.min(id);
+                }
+            }
+        }
+        if oldest != u64::MAX {
+            census.oldest_age_ms = now_ms().saturating_sub(accepted_at_ms(oldest));
+        }
+        let metrics = &self.inner.metrics;
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.mailboxes.set(gauge(census.mailboxes));
+        metrics.queued.set(gauge(census.queued));
+        metrics.deepest_mailbox.set(gauge(census.deepest));
+        metrics
+            .oldest_queued_seconds
+            .set(i64::try_from(census.oldest_age_ms / 1000).unwrap_or(i64::MAX));
+        census
     }
 
     #[cfg(test)]

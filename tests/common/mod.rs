@@ -22,6 +22,7 @@ pub struct TestServer {
     child: Child,
     pub gateway: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub data_dir: tempfile::TempDir,
     pub tls: Arc<rustls::ClientConfig>,
     next_phone: std::sync::atomic::AtomicU32,
@@ -48,6 +49,8 @@ impl TestServer {
                 "--gateway-addr",
                 "127.0.0.1:0",
                 "--http-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
                 "127.0.0.1:0",
             ])
             .args(args)
@@ -77,13 +80,14 @@ impl TestServer {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} address in {ready:?}"))
         };
-        let (gateway, http) = (field("gateway"), field("http"));
+        let (gateway, http, admin) = (field("gateway"), field("http"), field("admin"));
         let tls = parley_client::tls_config_from_file(&data_dir.path().join("tls/cert.pem"))
             .expect("trust the server's certificate");
         TestServer {
             child,
             gateway,
             http,
+            admin,
             data_dir,
             tls,
             next_phone: std::sync::atomic::AtomicU32::new(0),
@@ -154,6 +158,21 @@ impl TestServer {
         Session::connect(&self.ws_url(), self.tls.clone(), &credential.token)
             .await
             .expect("session connects")
+    }
+
+    /// A plain-HTTP GET on the admin listener: (status line, body).
+    pub async fn admin_get(&self, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin listener");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, body.to_owned())
     }
 
     /// The server's log so far, for assertion messages.

@@ -277,6 +277,56 @@ async fn a_user_can_message_itself() {
     assert!(matches!(drain(&mut a)[..], [Frame::Receipt(_)]));
 }
 
+#[tokio::test]
+async fn metrics_and_census_count_what_happens() {
+    let metrics = RouterMetrics::default();
+    let r = MemoryRouter::with_metrics(
+        MemoryConfig {
+            window: 16,
+            dedupe_horizon: 8,
+            shards: 4,
+        },
+        metrics.clone(),
+    );
+    let first = r
+        .send(A, msg(1, B.user, "a"))
+        .await
+        .expect("the memory router does not fail");
+    r.send(A, msg(1, B.user, "a"))
+        .await
+        .expect("the memory router does not fail");
+    r.send(A, msg(2, B.user, "b"))
+        .await
+        .expect("the memory router does not fail");
+    assert_eq!(metrics.messages_accepted.get(), 2);
+    assert_eq!(metrics.messages_deduplicated.get(), 1);
+    assert_eq!(
+        r.census(),
+        Census {
+            mailboxes: 2,
+            queued: 2,
+            deepest: 2,
+            oldest_age_ms: r.census().oldest_age_ms,
+        }
+    );
+    assert_eq!(metrics.queued.get(), 2);
+
+    r.ack_delivery(B, &[first.message_id])
+        .await
+        .expect("the memory router does not fail");
+    assert_eq!(metrics.messages_delivered.get(), 1);
+    let delivered = metrics
+        .receipts_queued
+        .get_or_create(&crate::metrics::KindLabel {
+            kind: crate::metrics::Kind::Delivered,
+        })
+        .get();
+    assert_eq!(delivered, 1);
+    // B has one message left, A one receipt.
+    let census = r.census();
+    assert_eq!((census.queued, census.deepest), (2, 1));
+}
+
 mod properties {
     //! Any interleaving of sends (fresh and resent), acks, reads and
     //! reconnects keeps the promises of the protocol.

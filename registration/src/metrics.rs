@@ -1,0 +1,41 @@
+//! What registration counts. Labels come from fixed lists.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// A label set of one bounded label.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// Registration's metric families.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrationMetrics {
+    /// Codes sent by SMS.
+    pub codes_sent: Counter,
+    /// Codes verified, by `outcome`: `new_account` or `reregistered`.
+    pub codes_verified: Family<Label, Counter>,
+    /// Verifications refused, by `code` (`WRONG_CODE`, `CODE_EXPIRED`,
+    /// `NO_PENDING_CODE`).
+    pub verify_failures: Family<Label, Counter>,
+}
+
+impl RegistrationMetrics {
+    /// Registers every family under `registry` (prefix it with `registration`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "codes_sent",
+            "Registration codes sent by SMS",
+            self.codes_sent.clone(),
+        );
+        registry.register(
+            "codes_verified",
+            "Registration codes verified, by outcome",
+            self.codes_verified.clone(),
+        );
+        registry.register(
+            "verify_failures",
+            "Code verifications refused, by code",
+            self.verify_failures.clone(),
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! What the router counts, registered once by the server and shared by
+//! every clone of the router (the metric types are handles around atomics).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Kind {
+    Delivered,
+    Read,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: Kind,
+}
+
+/// The router's metric families.
+#[derive(Clone, Debug)]
+pub struct RouterMetrics {
+    /// Messages accepted and queued (server acks of new messages).
+    pub messages_accepted: Counter,
+    /// Resent `client_msg_id`s answered with their original ack.
+    pub messages_deduplicated: Counter,
+    /// Messages acknowledged by their recipients (and wiped).
+    pub messages_delivered: Counter,
+    /// Receipts queued, by kind.
+    pub receipts_queued: Family<KindLabel, Counter>,
+    /// Receipts acknowledged by their recipients (and wiped).
+    pub receipts_acknowledged: Counter,
+    /// Seconds from a message's acceptance to its recipient's acknowledgement.
+    pub delivery_seconds: Histogram,
+    /// Entries (messages and receipts) queued, from the last census.
+    pub queued: Gauge,
+    /// Mailboxes in memory, from the last census.
+    pub mailboxes: Gauge,
+    /// The most entries queued for one device, from the last census.
+    pub deepest_mailbox: Gauge,
+    /// Age in seconds of the oldest queued entry, from the last census.
+    pub oldest_queued_seconds: Gauge,
+}
+
+impl Default for RouterMetrics {
+    fn default() -> Self {
+        Self {
+            messages_accepted: Counter::default(),
+            messages_deduplicated: Counter::default(),
+            messages_delivered: Counter::default(),
+            receipts_queued: Family::default(),
+            receipts_acknowledged: Counter::default(),
+            // From a millisecond (both phones online) to a month (offline).
+            delivery_seconds: Histogram::new([
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                5.0,
+                30.0,
+                300.0,
+                3600.0,
+                86400.0,
+                2_592_000.0,
+            ]),
+            queued: Gauge::default(),
+            mailboxes: Gauge::default(),
+            deepest_mailbox: Gauge::default(),
+            oldest_queued_seconds: Gauge::default(),
+        }
+    }
+}
+
+impl RouterMetrics {
+    /// Registers every family under `registry` (prefix it with `router`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "messages_accepted",
+            "Messages accepted and queued",
+            self.messages_accepted.clone(),
+        );
+        registry.register(
+            "messages_deduplicated",
+            "Resent client_msg_ids answered with their original ack",
+            self.messages_deduplicated.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages acknowledged by their recipients and wiped",
+            self.messages_delivered.clone(),
+        );
+        registry.register(
+            "receipts_queued",
+            "Receipts queued, by kind",
+            self.receipts_queued.clone(),
+        );
+        registry.register(
+            "receipts_acknowledged",
+            "Receipts acknowledged by their recipients and wiped",
+            self.receipts_acknowledged.clone(),
+        );
+        registry.register_with_unit(
+            "delivery",
+            "From a message's acceptance to its recipient's acknowledgement",
+            prometheus_client::registry::Unit::Seconds,
+            self.delivery_seconds.clone(),
+        );
+        registry.register(
+            "queued",
+            "Messages and receipts queued (last census)",
+            self.queued.clone(),
+        );
+        registry.register(
+            "mailboxes",
+            "Mailboxes in memory (last census)",
+            self.mailboxes.clone(),
+        );
+        registry.register(
+            "deepest_mailbox",
+            "Most entries queued for one device (last census)",
+            self.deepest_mailbox.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_queued",
+            "Age of the oldest queued entry (last census)",
+            prometheus_client::registry::Unit::Seconds,
+            self.oldest_queued_seconds.clone(),
+        );
+    }
+}

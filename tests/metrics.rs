@@ -1,0 +1,94 @@
+//! The admin endpoint reports what really happened on the node: logins,
+//! messages, receipts, errors, queue depth and rates.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, next, until};
+use parley_proto::v1::server_frame::Frame;
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+fn sample(body: &str, key: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {key} in:\n{body}"))
+}
+
+#[tokio::test]
+async fn metrics_count_real_traffic_and_readiness_follows_the_lifecycle() {
+    let server = TestServer::start();
+    let (status, _) = server.admin_get("/healthz").await;
+    assert!(status.contains("200"), "{status}");
+    let (status, _) = server.admin_get("/readyz").await;
+    assert!(status.contains("200"), "{status}");
+
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    for i in 1..=3 {
+        a.send(i, bob.user_id, "counted").await.expect("send");
+        assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    }
+    a.send(4, 0xdead, "nobody").await.expect("send");
+    assert!(matches!(next(&mut a).await, Frame::SendError(_)));
+
+    let mut b = server.connect(&bob).await;
+    let backlog = until(&mut b, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    let ids: Vec<u64> = backlog
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => Some(d.message_id),
+            _ => None,
+        })
+        .collect();
+    b.ack_delivery(ids[..2].to_vec())
+        .await
+        .expect("ack two of three");
+    // A forged token is a counted login failure.
+    assert!(
+        parley_client::Session::connect(&server.ws_url(), server.tls.clone(), "x.y.z")
+            .await
+            .is_err()
+    );
+    // Let the once-a-second census and rates run.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let (status, body) = server.admin_get("/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(sample(&body, "parley_gateway_sessions_open"), 2.0);
+    assert_eq!(sample(&body, "parley_gateway_logins_total"), 2.0);
+    assert_eq!(
+        sample(
+            &body,
+            "parley_gateway_login_failures_total{reason=\"TOKEN_INVALID\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sample(&body, "parley_router_messages_accepted_total"), 3.0);
+    assert_eq!(sample(&body, "parley_router_messages_delivered_total"), 2.0);
+    assert_eq!(
+        sample(
+            &body,
+            "parley_gateway_send_errors_total{code=\"UNKNOWN_RECIPIENT\"}"
+        ),
+        1.0
+    );
+    // One message left for Bob; Alice's delivered receipt waits in her mailbox
+    // or went out to her live session (window), and is still queued until acked.
+    assert_eq!(sample(&body, "parley_router_queued"), 2.0);
+    assert_eq!(sample(&body, "parley_registration_codes_sent_total"), 2.0);
+    assert_eq!(
+        sample(
+            &body,
+            "parley_http_requests_total{route=\"/v1/registration/verify\",status=\"200\"}"
+        ),
+        2.0
+    );
+    let rate = sample(
+        &body,
+        "parley_rate_per_second{counter=\"messages_accepted\",window=\"100s\"}",
+    );
+    assert!(rate > 0.0, "the 100 s rate saw the messages: {rate}");
+}
