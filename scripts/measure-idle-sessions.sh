@@ -10,15 +10,20 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p parley --bins --examples
 N=${1:-1000}
 D=$(mktemp -d)
-"$ROOT"/target/release/parley --data-dir $D/data --gateway-addr 127.0.0.1:15443 --http-addr 127.0.0.1:18443 >$D/server.out 2>$D/server.err &
+"$ROOT"/target/release/parley --data-dir $D/data --gateway-addr 127.0.0.1:15443 --http-addr 127.0.0.1:18443 --admin-addr 127.0.0.1:19090 >$D/server.out 2>$D/server.err &
 SERVER=$!
-sleep 1
+# Every wait below is bounded: the script gives up instead of hanging.
+wait_for() { # PATTERN FILE SECONDS
+    for _ in $(seq 1 $(( $3 * 2 ))); do grep -q "$1" "$2" 2>/dev/null && return 0; sleep 0.5; done
+    echo "gave up waiting for '$1' in $2:" >&2; cat "$2" "$D/server.err" >&2; kill $SERVER 2>/dev/null; exit 1
+}
+wait_for "parley ready" $D/server.out 30
 rss() { awk '/VmRSS/ {print $2}' /proc/$SERVER/status; }
 echo "server started: VmRSS $(rss) kB"
 "$ROOT"/target/release/examples/idle_sessions --data-dir $D/data --http https://127.0.0.1:18443 --ws wss://127.0.0.1:15443/v1/ws --sessions $N --settle 6 --hold 25 >$D/ex.out 2>&1 &
-until grep -q registered $D/ex.out; do sleep 0.5; done
+wait_for registered $D/ex.out 120
 sleep 4; BEFORE=$(rss); echo "$N accounts registered, no sessions: VmRSS $BEFORE kB"
-until grep -q holding $D/ex.out; do sleep 0.5; done
+wait_for holding $D/ex.out 120
 sleep 5; AFTER=$(rss); echo "$N idle sessions: VmRSS $AFTER kB (fds: $(ls /proc/$SERVER/fd | wc -l))"
 echo "per session: $(( (AFTER - BEFORE) * 1024 / N )) bytes"
 wait %2 || true; cat $D/ex.out

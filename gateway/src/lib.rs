@@ -196,6 +196,12 @@ impl<R: Router> Gateway<R> {
 
 /// One connection, from TCP to the end of its session. Runs in its own task,
 /// so a slow handshake never holds up the accept loop.
+///
+/// The task's own state is kept to a few pointers: the handshake and the
+/// session are each a boxed future, and the handshake's returns the
+/// session's. A future is as large as its largest state, so inline they
+/// would reserve the handshake's room (TLS, upgrade, authentication) and a
+/// second copy of the WebSocket stream in every idle session's task.
 async fn connection<R: Router>(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -203,34 +209,47 @@ async fn connection<R: Router>(
     shared: Arc<Shared<R>>,
     stop: watch::Receiver<bool>,
 ) {
-    let accepted = std::time::Instant::now();
     let _open = Held::new(&shared.metrics.connections_open);
+    let timeout = shared.config.handshake_timeout;
+    let handshake = Box::pin(handshake(tcp, acceptor, shared.clone(), stop));
+    // Bound in its own statement, so the finished handshake (its box and
+    // the timer) is freed before the session runs, not kept alive as a
+    // temporary of the match for the session's whole life.
+    let outcome = tokio::time::timeout(timeout, handshake).await;
+    let reason = match outcome {
+        Ok(Ok(session)) => return session.await,
+        Ok(Err(reason)) => reason,
+        Err(_elapsed) => "timeout",
+    };
+    tracing::debug!(%peer, reason, "handshake failed");
+    shared
+        .metrics
+        .login_failures
+        .get_or_create(&[("reason", reason)])
+        .inc();
+}
+
+/// A boxed session, ready to run.
+type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// TLS, upgrade and authentication. Returns the session to run, or the
+/// `reason` label of the failure.
+async fn handshake<R: Router>(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared<R>>,
+    stop: watch::Receiver<bool>,
+) -> Result<SessionFuture, &'static str> {
+    let accepted = std::time::Instant::now();
     // Small frames (acks, receipts) must go out at once.
     let _ = tcp.set_nodelay(true);
-    let handshake = async {
-        let tls = acceptor.accept(tcp).await.map_err(|_| "tls")?;
-        upgrade::accept(tls, &shared.auth, shared.websocket)
-            .await
-            .map_err(|err| match err {
-                upgrade::UpgradeError::Refused(refusal) => refusal.code(),
-                upgrade::UpgradeError::Io(_) => "io",
-            })
-    };
-    let outcome = tokio::time::timeout(shared.config.handshake_timeout, handshake)
+    let tls = acceptor.accept(tcp).await.map_err(|_| "tls")?;
+    let (ws, claims) = upgrade::accept(tls, &shared.auth, shared.websocket)
         .await
-        .unwrap_or(Err("timeout"));
-    let (ws, claims) = match outcome {
-        Ok(accepted) => accepted,
-        Err(reason) => {
-            tracing::debug!(%peer, reason, "handshake failed");
-            shared
-                .metrics
-                .login_failures
-                .get_or_create(&[("reason", reason)])
-                .inc();
-            return;
-        }
-    };
+        .map_err(|err| match err {
+            upgrade::UpgradeError::Refused(refusal) => refusal.code(),
+            upgrade::UpgradeError::Io(_) => "io",
+        })?;
     shared.metrics.logins.inc();
     shared
         .metrics
@@ -241,7 +260,7 @@ async fn connection<R: Router>(
         device: claims.device,
     };
     let span = tracing::info_span!("session", user = device.user, device = device.device);
-    session::run(ws, device, shared, stop)
-        .instrument(span)
-        .await;
+    Ok(Box::pin(
+        session::run(ws, device, shared, stop).instrument(span),
+    ))
 }

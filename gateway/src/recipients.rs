@@ -31,7 +31,9 @@ impl Recipients {
         if self.lock().contains(&user) {
             return Ok(true);
         }
-        let registered = self.store.user_exists(user).await?;
+        // Boxed: the store's query future is large, and only a cache miss
+        // needs it; inline, every session's task would reserve room for it.
+        let registered = Box::pin(self.store.user_exists(user)).await?;
         if registered {
             let mut known = self.lock();
             if known.len() >= self.capacity {

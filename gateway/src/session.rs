@@ -6,6 +6,12 @@
 //! the session (displaced, revoked), and server shutdown, plus the idle
 //! timer. It holds nothing per message: the router keeps the queue, and the
 //! session's outbound channel is bounded by the router's delivery window.
+//!
+//! Memory per idle session is a feature: a future reserves room for its
+//! largest await point, so the work done per frame (handling it, writing a
+//! batch) is boxed while it runs instead of being reserved inline in every
+//! session for its whole life. That costs a small allocation per frame and
+//! saves kilobytes per idle session (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,96 +59,107 @@ enum Ending {
     Gone,
 }
 
-pub(crate) async fn run<S, R>(
+/// The session's future. Not an `async fn`: rustc stores an async fn's
+/// arguments twice in its state (as arguments, and again as the body's
+/// locals), which for the WebSocket stream costs 1.5 KB per session. An
+/// `async move` block uses what it captured in place.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the WebSocket stream twice (see above)"
+)]
+pub(crate) fn run<S, R>(
     mut ws: WebSocketStream<S>,
     device: Device,
     shared: Arc<Shared<R>>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
     R: Router,
 {
-    let config = &shared.config;
-    let metrics = &shared.metrics;
-    let _open = Held::new(&metrics.sessions_open);
-    let mut attached = match shared.router.attach(device).await {
-        Ok(attached) => attached,
-        Err(err) => {
-            tracing::warn!(error = %err, "router refused the session");
-            finish(
-                &mut ws,
-                Ending::Error(ErrorCode::Internal, "router unavailable"),
-                metrics,
-            )
-            .await;
-            return;
-        }
-    };
-    tracing::debug!("session attached");
-    let idle = tokio::time::sleep(config.idle_timeout);
-    tokio::pin!(idle);
+    async move {
+        let config = &shared.config;
+        let metrics = &shared.metrics;
+        let _open = Held::new(&metrics.sessions_open);
+        let mut attached = match shared.router.attach(device).await {
+            Ok(attached) => attached,
+            Err(err) => {
+                tracing::warn!(error = %err, "router refused the session");
+                Box::pin(finish(
+                    &mut ws,
+                    Ending::Error(ErrorCode::Internal, "router unavailable"),
+                    metrics,
+                ))
+                .await;
+                return;
+            }
+        };
+        tracing::debug!("session attached");
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
 
-    let ending = loop {
-        tokio::select! {
-            // Router orders first: a displaced session must stop before it
-            // reads another frame.
-            biased;
-            reason = &mut attached.closed => {
-                // A dropped sender means the router let go of this session.
-                break Ending::Closing(reason.unwrap_or(CloseReason::ServerShutdown));
-            }
-            _ = shutdown.changed() => break Ending::Closing(CloseReason::ServerShutdown),
-            frame = attached.frames.recv() => {
-                let Some(frame) = frame else {
-                    break Ending::Closing(CloseReason::ServerShutdown);
-                };
-                if let Err(ending) =
-                    write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout, metrics).await
-                {
-                    break ending;
+        let ending = loop {
+            tokio::select! {
+                // Router orders first: a displaced session must stop before it
+                // reads another frame.
+                biased;
+                reason = &mut attached.closed => {
+                    // A dropped sender means the router let go of this session.
+                    break Ending::Closing(reason.unwrap_or(CloseReason::ServerShutdown));
+                }
+                _ = shutdown.changed() => break Ending::Closing(CloseReason::ServerShutdown),
+                frame = attached.frames.recv() => {
+                    let Some(frame) = frame else {
+                        break Ending::Closing(CloseReason::ServerShutdown);
+                    };
+                    if let Err(ending) = Box::pin(write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout, metrics)).await
+                    {
+                        break ending;
+                    }
+                }
+                () = &mut idle => break Ending::Closing(CloseReason::IdleTimeout),
+                message = ws.next() => {
+                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    match message {
+                        None => break Ending::Gone,
+                        Some(Ok(Message::Binary(bytes))) => {
+                            metrics.frames_in.inc();
+                            metrics.bytes_in.inc_by(bytes.len() as u64);
+                            if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut ws)).await {
+                                break ending;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_))) => {
+                            // tungstenite queued the pong; send it now.
+                            if timeout(config.write_timeout, ws.flush()).await.map_or(true, |r| r.is_err()) {
+                                break Ending::Gone;
+                            }
+                        }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Text(_))) => {
+                            break Ending::Error(ErrorCode::UnsupportedData, "text frames are not part of the protocol; send binary ClientFrames");
+                        }
+                        Some(Ok(Message::Close(_))) => break Ending::ClientClosed,
+                        Some(Err(WsError::Capacity(_))) => {
+                            break Ending::Error(ErrorCode::FrameTooLarge, "frame over the 64 KiB limit");
+                        }
+                        Some(Err(WsError::Protocol(_))) => break Ending::Protocol,
+                        Some(Err(_)) => break Ending::Gone,
+                    }
                 }
             }
-            () = &mut idle => break Ending::Closing(CloseReason::IdleTimeout),
-            message = ws.next() => {
-                idle.as_mut().reset(Instant::now() + config.idle_timeout);
-                match message {
-                    None => break Ending::Gone,
-                    Some(Ok(Message::Binary(bytes))) => {
-                        metrics.frames_in.inc();
-                        metrics.bytes_in.inc_by(bytes.len() as u64);
-                        if let Err(ending) = on_frame(&shared, device, &bytes, &mut ws).await {
-                            break ending;
-                        }
-                    }
-                    Some(Ok(Message::Ping(_))) => {
-                        // tungstenite queued the pong; send it now.
-                        if timeout(config.write_timeout, ws.flush()).await.map_or(true, |r| r.is_err()) {
-                            break Ending::Gone;
-                        }
-                    }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Text(_))) => {
-                        break Ending::Error(ErrorCode::UnsupportedData, "text frames are not part of the protocol; send binary ClientFrames");
-                    }
-                    Some(Ok(Message::Close(_))) => break Ending::ClientClosed,
-                    Some(Err(WsError::Capacity(_))) => {
-                        break Ending::Error(ErrorCode::FrameTooLarge, "frame over the 64 KiB limit");
-                    }
-                    Some(Err(WsError::Protocol(_))) => break Ending::Protocol,
-                    Some(Err(_)) => break Ending::Gone,
-                }
-            }
-        }
-    };
-    // Detach before the close handshake, so a reconnecting phone's new
-    // session does not wait for this one to finish closing.
-    shared.router.detach(device, attached.id).await;
-    tracing::debug!(?ending, "session ended");
-    metrics
-        .sessions_closed
-        .get_or_create(&[("reason", ending.label())])
-        .inc();
-    finish(&mut ws, ending, metrics).await;
+        };
+        // Detach before the close handshake, so a reconnecting phone's new
+        // session does not wait for this one to finish closing.
+        shared.router.detach(device, attached.id).await;
+        tracing::debug!(?ending, "session ended");
+        metrics
+            .sessions_closed
+            .get_or_create(&[("reason", ending.label())])
+            .inc();
+        // Boxed, like everything a session does once: see `run`'s task size.
+        Box::pin(finish(&mut ws, ending, metrics)).await;
+    }
 }
 
 /// Writes `first` and whatever else the router has queued (up to a bound),
@@ -382,5 +399,31 @@ fn reason_text(reason: CloseReason) -> &'static str {
         CloseReason::IdleTimeout => "idle timeout",
         CloseReason::SlowConsumer => "not reading",
         CloseReason::Unspecified => "closing",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async function returns, without calling it.
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_session_future_holds_the_websocket_stream_once() {
+        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        let ws = std::mem::size_of::<tokio_tungstenite::WebSocketStream<Tls>>();
+        let run = future_size(super::run::<Tls, parley_router::MemoryRouter>);
+        // Every idle session carries this future: the stream once, plus the
+        // loop's small wait state. Twice the stream means the arguments are
+        // being copied into the body again (an `async fn`).
+        assert!(
+            run < 2 * ws,
+            "session future {run} bytes, stream {ws} bytes"
+        );
+        assert!(
+            run < ws + 1024,
+            "session future {run} bytes, stream {ws} bytes"
+        );
     }
 }
