@@ -1,0 +1,444 @@
+//! Chat: pairs of online users, each sender sending to its partner on an
+//! open-loop schedule; and its floor twin, echo.
+//!
+//! A sender keeps at most `window` sends without a ServerAck (the server
+//! remembers 128 `client_msg_id`s per device, so more would weaken its
+//! duplicate detection). Sends that fall due while the window is full wait,
+//! and their latency still counts from when they were due.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use parley_proto::v1::{ClientFrame, ReceiptKind, ServerFrame, client_frame, server_frame};
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::{Ctx, halted};
+use crate::conn::{Conn, ConnError, Incoming, read_stamp};
+use crate::pacing::{Schedule, share};
+use crate::stats::Report;
+use crate::users::User;
+use crate::worker::{Control, ToCoordinator, emit, unix_ns};
+
+/// Frames handled before a session task writes again: a busy reader must
+/// not starve its own sends and acks.
+const READ_BATCH: usize = 64;
+/// `client_msg_id`s are `base + k`, `base` the run's start in ms shifted
+/// left by this: unique across runs (the server would answer a reused id
+/// with the old ack and not deliver), room for 4M messages per sender.
+const SEQ_BITS: u32 = 22;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// This worker's total rate, msgs/s.
+    pub rate: f64,
+    pub secs: f64,
+    pub body_len: usize,
+    pub window: usize,
+    pub drain_secs: f64,
+}
+
+impl Params {
+    fn total(&self) -> u64 {
+        (self.rate * self.secs).round() as u64
+    }
+}
+
+/// The first `client_msg_id` of this run, less one.
+fn cmid_base() -> u64 {
+    (unix_ns() / 1_000_000) << SEQ_BITS
+}
+
+pub async fn run(
+    ctx: &Arc<Ctx>,
+    users: &[User],
+    mut ctl: Control,
+    p: Params,
+) -> anyhow::Result<Report> {
+    let pairs = users.len() / 2;
+    anyhow::ensure!(pairs > 0, "chat needs at least one pair of users");
+    anyhow::ensure!(
+        p.total() / pairs as u64 + 1 < 1 << SEQ_BITS,
+        "too many messages per sender"
+    );
+    let mut conns = ctx.open_all(&users[..pairs * 2], 0).await.into_iter();
+    emit(&ToCoordinator::Ready {
+        counters: ctx.rec().report.counters.clone(),
+    })?;
+    let Some(start) = ctl.wait_go().await else {
+        return Ok(ctx.take_report());
+    };
+    ctx.rec().start = start.into_std();
+    let deadline = start + Duration::from_secs_f64(p.secs + p.drain_secs);
+    let base = cmid_base();
+    let (halt_tx, halt) = watch::channel(false);
+    let mut senders = JoinSet::new();
+    let mut recipients = JoinSet::new();
+    for pair in 0..pairs {
+        let (Some(Some(sender)), Some(Some(recipient))) = (conns.next(), conns.next()) else {
+            continue;
+        };
+        recipients.spawn(recipient_loop(Arc::clone(ctx), recipient, halt.clone()));
+        let schedule =
+            Schedule::for_sender(start, p.rate, pairs, pair, share(p.total(), pairs, pair));
+        let to = users[pair * 2 + 1].user_id;
+        senders.spawn(sender_loop(
+            Arc::clone(ctx),
+            sender,
+            schedule,
+            to,
+            base,
+            p,
+            deadline,
+        ));
+    }
+    while senders.join_next().await.is_some() {}
+    let _ = halt_tx.send(true);
+    let _ = timeout(Duration::from_secs(10), async {
+        while recipients.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(ctx.take_report())
+}
+
+/// What a sender has in flight.
+struct Sender {
+    /// Sends without a ServerAck, oldest first (acks come in send order).
+    unacked: VecDeque<(u64, Instant)>,
+    /// Acked messages waiting for their DELIVERED receipt: message_id to
+    /// intended send time.
+    unreceipted: HashMap<u64, Instant>,
+    /// Receipt ids to acknowledge.
+    receipt_ids: Vec<u64>,
+}
+
+async fn sender_loop(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    mut schedule: Schedule,
+    to: u64,
+    base: u64,
+    p: Params,
+    deadline: Instant,
+) {
+    let count = schedule.count();
+    let mut s = Sender {
+        unacked: VecDeque::with_capacity(p.window),
+        unreceipted: HashMap::new(),
+        receipt_ids: Vec::with_capacity(READ_BATCH),
+    };
+    let (mut due_end, mut next) = (0, 0);
+    let mut next_ping = Instant::now() + ctx.ping;
+    let result: Result<(), ConnError> = async {
+        loop {
+            due_end = due_end.max(schedule.take_due(Instant::now()).end);
+            let mut wrote = false;
+            while next < due_end && s.unacked.len() < p.window {
+                let intended = schedule.intended(next);
+                let cmid = base + next + 1;
+                conn.feed_send(cmid, to, ctx.stamp(intended), p.body_len)
+                    .await?;
+                s.unacked.push_back((cmid, intended));
+                next += 1;
+                wrote = true;
+                let mut rec = ctx.rec();
+                rec.report.counters.sent += 1;
+                rec.second(intended.into_std()).sent += 1;
+            }
+            if wrote {
+                conn.flush().await?;
+            }
+            if next == count && s.unacked.is_empty() && s.unreceipted.is_empty() {
+                return Ok(());
+            }
+            // Window full: only an ack can let the next send go.
+            let wake = if next < due_end {
+                None
+            } else {
+                schedule.next_due()
+            };
+            tokio::select! {
+                r = conn.next(true) => {
+                    on_frame(&ctx, &mut s, r?);
+                    for _ in 1..READ_BATCH {
+                        match conn.next(true).now_or_never() {
+                            Some(r) => on_frame(&ctx, &mut s, r?),
+                            None => break,
+                        }
+                    }
+                    if !s.receipt_ids.is_empty() {
+                        conn.feed_receipt_ack(&s.receipt_ids).await?;
+                        conn.flush().await?;
+                        s.receipt_ids.clear();
+                    }
+                }
+                () = sleep_until_some(wake) => {}
+                () = sleep_until(next_ping) => {
+                    next_ping += ctx.ping;
+                    conn.feed_ping().await?;
+                    conn.flush().await?;
+                }
+                () = sleep_until(deadline) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        ctx.rec().report.counters.closed += 1;
+        ctx.report_error("sender session ended", &e);
+    }
+    {
+        let c = &mut ctx.rec().report.counters;
+        c.unsent += count - next;
+        c.unacked += s.unacked.len() as u64;
+        c.unreceipted += s.unreceipted.len() as u64;
+    }
+    conn.close_quickly().await;
+}
+
+fn on_frame(ctx: &Ctx, s: &mut Sender, incoming: Incoming) {
+    let Incoming::Frame(ServerFrame { frame: Some(frame) }) = incoming else {
+        return;
+    };
+    let now = Instant::now();
+    match frame {
+        server_frame::Frame::Ack(a) => {
+            let Some(intended) = take_unacked(&mut s.unacked, a.client_msg_id) else {
+                return;
+            };
+            s.unreceipted.insert(a.message_id, intended);
+            let mut rec = ctx.rec();
+            rec.report.counters.acked += 1;
+            rec.report.hists.ack.record(now - intended);
+            rec.second(now.into_std()).done += 1;
+        }
+        server_frame::Frame::SendError(e) => {
+            take_unacked(&mut s.unacked, e.client_msg_id);
+            let mut rec = ctx.rec();
+            rec.report.counters.send_errors += 1;
+            rec.second(now.into_std()).errors += 1;
+        }
+        server_frame::Frame::Receipt(r) => {
+            s.receipt_ids.push(r.receipt_id);
+            if r.kind != ReceiptKind::Delivered as i32 {
+                return;
+            }
+            let mut rec = ctx.rec();
+            for id in r.message_ids {
+                match s.unreceipted.remove(&id) {
+                    Some(intended) => {
+                        rec.report.counters.receipts += 1;
+                        rec.report.hists.receipt.record(now - intended);
+                        rec.done_at(now.into_std());
+                        let second = rec.second(now.into_std());
+                        second.receipts += 1;
+                        second.latency.record(now - intended);
+                    }
+                    None => rec.report.counters.receipt_duplicates += 1,
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Removes the send with this id (normally the oldest).
+fn take_unacked(unacked: &mut VecDeque<(u64, Instant)>, cmid: u64) -> Option<Instant> {
+    let i = unacked.iter().position(|(c, _)| *c == cmid)?;
+    unacked.remove(i).map(|(_, t)| t)
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A recipient: acks every delivery at once (in batches), checks order and
+/// duplicates by the sequence number in the body, runs until halted.
+async fn recipient_loop(ctx: Arc<Ctx>, mut conn: Conn, mut halt: watch::Receiver<bool>) {
+    let mut last_seq = 0;
+    let mut ids = Vec::with_capacity(READ_BATCH);
+    let mut next_ping = Instant::now() + ctx.ping;
+    let result: Result<(), ConnError> = async {
+        loop {
+            tokio::select! {
+                r = conn.next(true) => {
+                    on_delivery(&ctx, &mut last_seq, &mut ids, r?);
+                    for _ in 1..READ_BATCH {
+                        match conn.next(true).now_or_never() {
+                            Some(r) => on_delivery(&ctx, &mut last_seq, &mut ids, r?),
+                            None => break,
+                        }
+                    }
+                    if !ids.is_empty() {
+                        conn.feed_delivery_ack(&ids).await?;
+                        conn.flush().await?;
+                        ids.clear();
+                    }
+                }
+                () = sleep_until(next_ping) => {
+                    next_ping += ctx.ping;
+                    conn.feed_ping().await?;
+                    conn.flush().await?;
+                }
+                () = halted(&mut halt) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        ctx.rec().report.counters.closed += 1;
+        ctx.report_error("recipient session ended", &e);
+    }
+    conn.close_quickly().await;
+}
+
+fn on_delivery(ctx: &Ctx, last_seq: &mut u64, ids: &mut Vec<u64>, incoming: Incoming) {
+    let Incoming::Frame(ServerFrame {
+        frame: Some(server_frame::Frame::Deliver(d)),
+    }) = incoming
+    else {
+        return;
+    };
+    ids.push(d.message_id);
+    let now = Instant::now();
+    let Some((seq, stamp)) = read_stamp(&d.body) else {
+        return;
+    };
+    let mut rec = ctx.rec();
+    if seq <= *last_seq {
+        rec.report.counters.duplicates += 1;
+        return;
+    }
+    if *last_seq != 0 && seq != *last_seq + 1 {
+        rec.report.counters.gaps += 1;
+    }
+    *last_seq = seq;
+    let latency = now.saturating_duration_since(ctx.unstamp(stamp));
+    rec.report.counters.delivered += 1;
+    rec.report.hists.deliver.record(latency);
+    rec.second(now.into_std()).delivered += 1;
+}
+
+/// Echo (the floor): every session sends on its schedule to the echo
+/// server and times the echo.
+pub async fn run_echo(
+    ctx: &Arc<Ctx>,
+    users: &[User],
+    mut ctl: Control,
+    p: Params,
+) -> anyhow::Result<Report> {
+    let n = users.len();
+    anyhow::ensure!(n > 0, "echo needs at least one session");
+    let conns = ctx.open_all(users, 0).await;
+    emit(&ToCoordinator::Ready {
+        counters: ctx.rec().report.counters.clone(),
+    })?;
+    let Some(start) = ctl.wait_go().await else {
+        return Ok(ctx.take_report());
+    };
+    ctx.rec().start = start.into_std();
+    let deadline = start + Duration::from_secs_f64(p.secs + p.drain_secs);
+    let mut tasks = JoinSet::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let Some(conn) = conn else { continue };
+        let schedule = Schedule::for_sender(start, p.rate, n, i, share(p.total(), n, i));
+        tasks.spawn(echo_loop(Arc::clone(ctx), conn, schedule, p, deadline));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(ctx.take_report())
+}
+
+async fn echo_loop(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    mut schedule: Schedule,
+    p: Params,
+    deadline: Instant,
+) {
+    let count = schedule.count();
+    let mut unacked: VecDeque<(u64, Instant)> = VecDeque::with_capacity(p.window);
+    let (mut due_end, mut next) = (0, 0);
+    let result: Result<(), ConnError> = async {
+        loop {
+            due_end = due_end.max(schedule.take_due(Instant::now()).end);
+            let mut wrote = false;
+            while next < due_end && unacked.len() < p.window {
+                let intended = schedule.intended(next);
+                conn.feed_send(next + 1, 0, ctx.stamp(intended), p.body_len)
+                    .await?;
+                unacked.push_back((next + 1, intended));
+                next += 1;
+                wrote = true;
+                let mut rec = ctx.rec();
+                rec.report.counters.sent += 1;
+                rec.second(intended.into_std()).sent += 1;
+            }
+            if wrote {
+                conn.flush().await?;
+            }
+            if next == count && unacked.is_empty() {
+                return Ok(());
+            }
+            let wake = if next < due_end {
+                None
+            } else {
+                schedule.next_due()
+            };
+            tokio::select! {
+                r = conn.next(false) => {
+                    on_echo(&ctx, &mut unacked, r?);
+                    for _ in 1..READ_BATCH {
+                        match conn.next(false).now_or_never() {
+                            Some(r) => on_echo(&ctx, &mut unacked, r?),
+                            None => break,
+                        }
+                    }
+                }
+                () = sleep_until_some(wake) => {}
+                () = sleep_until(deadline) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        ctx.rec().report.counters.closed += 1;
+        ctx.report_error("echo session ended", &e);
+    }
+    {
+        let c = &mut ctx.rec().report.counters;
+        c.unsent += count - next;
+        c.unacked += unacked.len() as u64;
+    }
+    conn.close_quickly().await;
+}
+
+fn on_echo(ctx: &Ctx, unacked: &mut VecDeque<(u64, Instant)>, incoming: Incoming) {
+    let Incoming::Raw(bytes) = incoming else {
+        return;
+    };
+    let Ok(ClientFrame {
+        frame: Some(client_frame::Frame::Send(send)),
+    }) = ClientFrame::decode(bytes)
+    else {
+        return;
+    };
+    let now = Instant::now();
+    let mut rec = ctx.rec();
+    let Some(intended) = take_unacked(unacked, send.client_msg_id) else {
+        rec.report.counters.duplicates += 1;
+        return;
+    };
+    rec.report.counters.echoed += 1;
+    rec.report.hists.echo.record(now - intended);
+    rec.done_at(now.into_std());
+    let second = rec.second(now.into_std());
+    second.done += 1;
+    second.latency.record(now - intended);
+}
