@@ -164,8 +164,19 @@ impl Metrics {
     }
 }
 
+/// How often (in one-second ticks) undelivered entries past the TTL are
+/// deleted. The TTL is days; a sweep looks at the front of every mailbox.
+const EXPIRY_EVERY_TICKS: u64 = 10;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Once a second: the router's census (queue depth, deepest mailbox, age
-/// of the oldest entry) and the decaying rates. Runs until `stop`.
+/// of the oldest entry) and the decaying rates; every ten seconds, expiry
+/// of undelivered entries past the TTL. Runs until `stop`.
 pub async fn tick(
     metrics: Arc<Metrics>,
     registration: RegistrationMetrics,
@@ -175,6 +186,7 @@ pub async fn tick(
     let rated = metrics.rated(&registration);
     let mut last: Vec<u64> = rated.iter().map(|(_, c)| c.get()).collect();
     let mut averages = vec![[0.0f64; RATE_WINDOWS.len()]; rated.len()];
+    let mut ticks = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -183,6 +195,10 @@ pub async fn tick(
             _ = stop.wait_for(|s| *s) => return,
         }
         router.census();
+        ticks += 1;
+        if ticks % EXPIRY_EVERY_TICKS == 0 {
+            router.expire(now_ms());
+        }
         for (i, (name, counter)) in rated.iter().enumerate() {
             let now = counter.get();
             let delta = now.saturating_sub(last[i]) as f64;

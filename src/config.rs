@@ -171,6 +171,20 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_DEDUPE_HORIZON", value_name = "N")]
     pub dedupe_horizon: Option<usize>,
 
+    /// Messages one device may have queued; past it a send gets
+    /// MAILBOX_FULL. [default: 10000]
+    #[arg(long, env = "PARLEY_MAILBOX_MAX_MESSAGES", value_name = "N")]
+    pub mailbox_max_messages: Option<usize>,
+
+    /// Bytes of messages one device may have queued. [default: 67108864]
+    #[arg(long, env = "PARLEY_MAILBOX_MAX_BYTES", value_name = "BYTES")]
+    pub mailbox_max_bytes: Option<usize>,
+
+    /// Days an undelivered message or receipt is kept before it is deleted.
+    /// [default: 30]
+    #[arg(long, env = "PARLEY_MESSAGE_TTL_DAYS", value_name = "DAYS")]
+    pub message_ttl_days: Option<u64>,
+
     /// Days a device credential (JWT) stays valid. [default: 365]
     #[arg(long, env = "PARLEY_TOKEN_TTL_DAYS", value_name = "DAYS")]
     pub token_ttl_days: Option<u64>,
@@ -214,6 +228,9 @@ impl Settings {
             max_connections: self.max_connections.or(lower.max_connections),
             delivery_window: self.delivery_window.or(lower.delivery_window),
             dedupe_horizon: self.dedupe_horizon.or(lower.dedupe_horizon),
+            mailbox_max_messages: self.mailbox_max_messages.or(lower.mailbox_max_messages),
+            mailbox_max_bytes: self.mailbox_max_bytes.or(lower.mailbox_max_bytes),
+            message_ttl_days: self.message_ttl_days.or(lower.message_ttl_days),
             token_ttl_days: self.token_ttl_days.or(lower.token_ttl_days),
             code_ttl: self.code_ttl.or(lower.code_ttl),
             code_interval: self.code_interval.or(lower.code_interval),
@@ -320,6 +337,23 @@ impl Config {
         let max_connections = at_least_one("max_connections", s.max_connections, 100_000);
         let window = at_least_one("delivery_window", s.delivery_window, 64);
         let dedupe_horizon = at_least_one("dedupe_horizon", s.dedupe_horizon, 128);
+        let defaults = MemoryConfig::default();
+        let max_queued_messages = at_least_one(
+            "mailbox_max_messages",
+            s.mailbox_max_messages,
+            defaults.max_queued_messages,
+        );
+        let max_queued_bytes = s.mailbox_max_bytes.unwrap_or(defaults.max_queued_bytes);
+        if max_queued_bytes < parley_proto::limits::MAX_FRAME_BYTES {
+            problems.push(format!(
+                "mailbox_max_bytes must be at least {} (one largest message)",
+                parley_proto::limits::MAX_FRAME_BYTES
+            ));
+        }
+        let message_ttl_days = s.message_ttl_days.unwrap_or(30);
+        if message_ttl_days == 0 {
+            problems.push("message_ttl_days must be at least 1".to_owned());
+        }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -335,7 +369,10 @@ impl Config {
         let router = MemoryConfig {
             window,
             dedupe_horizon,
-            ..MemoryConfig::default()
+            max_queued_messages,
+            max_queued_bytes,
+            ttl: Duration::from_secs(message_ttl_days * 24 * 3600),
+            ..defaults
         };
         let registration = RegistrationConfig {
             code_ttl,

@@ -315,7 +315,15 @@ async fn on_send<R: Router>(
             message_id: accepted.message_id,
             timestamp_ms: accepted.timestamp_ms,
         }),
-        Err(err) => {
+        Err(parley_router::SendError::MailboxFull { retry_after_ms }) => {
+            server_frame::Frame::SendError(SendError {
+                client_msg_id,
+                code: ErrorCode::MailboxFull.into(),
+                reason: "the recipient's mailbox is full; retry later".to_owned(),
+                retry_after_ms,
+            })
+        }
+        Err(parley_router::SendError::Router(err)) => {
             tracing::warn!(error = %err, "router failed");
             refuse(ErrorCode::Internal, "router unavailable; retry")
         }

@@ -91,6 +91,17 @@ pub enum RouterError {
     Unavailable(String),
 }
 
+/// Why a message was not accepted. Nothing was queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The recipient's mailbox is at its cap (messages or bytes). Retrying
+    /// after the hint may succeed once the recipient drains it.
+    #[error("the recipient's mailbox is full")]
+    MailboxFull { retry_after_ms: u32 },
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
 /// The operations a gateway session needs. Backends: [`MemoryRouter`] (one
 /// node); a Redis backend for many nodes implements the same contract.
 ///
@@ -108,12 +119,12 @@ pub trait Router: Clone + Send + Sync + 'static {
 
     /// Queues a message for `msg.to`. Returns only once the message is
     /// stored as durably as the backend promises; a resent `client_msg_id`
-    /// returns the original ack and queues nothing.
+    /// returns the original ack and queues nothing; a full mailbox refuses it.
     fn send(
         &self,
         from: Device,
         msg: Outgoing,
-    ) -> impl Future<Output = Result<Accepted, RouterError>> + Send;
+    ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
 
     /// The device has stored these delivered messages: wipe them and queue a
     /// DELIVERED receipt for each sender. Unknown ids are ignored.

@@ -81,6 +81,10 @@ struct Sent {
 pub(crate) struct Mailbox {
     queue: VecDeque<Entry>,
     in_flight: usize,
+    /// Messages (not receipts) queued, and their encoded bytes: what the
+    /// per-device caps count.
+    messages: usize,
+    message_bytes: usize,
     live: Option<Live>,
     marker: Marker,
     sent: SentLog,
@@ -119,6 +123,10 @@ impl Mailbox {
     /// pushes it at once if the window has room.
     pub(crate) fn push(&mut self, entry: Entry, window: usize) {
         debug_assert!(self.queue.back().is_none_or(|last| last.id < entry.id));
+        if entry.sender.is_some() {
+            self.messages += 1;
+            self.message_bytes += entry.frame.len();
+        }
         self.queue.push_back(entry);
         self.pump(window);
     }
@@ -131,7 +139,40 @@ impl Mailbox {
         if at < self.in_flight {
             self.in_flight -= 1;
         }
-        self.queue.remove(at)
+        let entry = self.queue.remove(at)?;
+        self.forget(&entry);
+        Some(entry)
+    }
+
+    /// Removes the entries accepted before `cutoff_ms` (they are at the
+    /// front: the queue is in acceptance order) and returns them.
+    pub(crate) fn expire(&mut self, cutoff_ms: u64) -> Vec<Entry> {
+        let mut expired = Vec::new();
+        while let Some(front) = self.queue.front() {
+            if crate::ids::accepted_at_ms(front.id) >= cutoff_ms {
+                break;
+            }
+            if let Some(entry) = self.queue.pop_front() {
+                // Possibly pushed to the live session already; an ack for it
+                // will find nothing, which is harmless.
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.forget(&entry);
+                expired.push(entry);
+            }
+        }
+        expired
+    }
+
+    fn forget(&mut self, entry: &Entry) {
+        if entry.sender.is_some() {
+            self.messages -= 1;
+            self.message_bytes -= entry.frame.len();
+        }
+    }
+
+    /// Whether one more message of `bytes` fits under the caps.
+    pub(crate) fn has_room(&self, bytes: usize, max_messages: usize, max_bytes: usize) -> bool {
+        self.messages < max_messages && self.message_bytes + bytes <= max_bytes
     }
 
     /// Pushes queued entries to the live session until the window is full,

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ids::{IdGenerator, accepted_at_ms, now_ms};
 use crate::mailbox::{Entry, Live, Mailbox};
 use crate::metrics::{Kind, KindLabel, RouterMetrics};
-use crate::{Accepted, Attached, Device, Outgoing, Router, RouterError, SessionId, UserId, frames};
+use crate::{
+    Accepted, Attached, Device, Outgoing, Router, RouterError, SendError, SessionId, UserId, frames,
+};
 
 /// Settings of the memory router.
 #[derive(Clone, Debug)]
@@ -35,6 +37,16 @@ pub struct MemoryConfig {
     pub dedupe_horizon: usize,
     /// Number of mailbox shards (locks).
     pub shards: usize,
+    /// Messages one device may have queued; a send past it gets
+    /// `MAILBOX_FULL`. Receipts are not counted (they are bounded by what
+    /// the device itself sent).
+    pub max_queued_messages: usize,
+    /// Encoded bytes of the messages one device may have queued.
+    pub max_queued_bytes: usize,
+    /// Retry hint sent with `MAILBOX_FULL`.
+    pub mailbox_full_retry: std::time::Duration,
+    /// Undelivered messages and receipts older than this are deleted.
+    pub ttl: std::time::Duration,
 }
 
 impl Default for MemoryConfig {
@@ -43,6 +55,10 @@ impl Default for MemoryConfig {
             window: 64,
             dedupe_horizon: 128,
             shards: 64,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            mailbox_full_retry: std::time::Duration::from_secs(60),
+            ttl: std::time::Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -121,7 +137,7 @@ impl MemoryRouter {
         self.inner.config.window
     }
 
-    fn send_now(&self, from: Device, msg: Outgoing) -> Accepted {
+    fn send_now(&self, from: Device, msg: Outgoing) -> Result<Accepted, SendError> {
         let (from_shard, to_shard) = (self.shard_of(from.user), self.shard_of(msg.to));
         let low = from_shard.min(to_shard);
         let mut first = self.lock(low);
@@ -133,30 +149,43 @@ impl MemoryRouter {
                 sender.sent_before(from.device, msg.client_msg_id)
             {
                 self.inner.metrics.messages_deduplicated.inc();
-                return Accepted {
+                return Ok(Accepted {
                     message_id,
                     timestamp_ms,
                     duplicate: true,
-                };
+                });
             }
         }
 
+        let config = &self.inner.config;
+        let recipient = pick(low, &mut first, second.as_deref_mut(), to_shard)
+            .entry(msg.to)
+            .or_default();
+        // The Deliver frame adds a few dozen bytes of envelope to the body;
+        // the cap counts encoded frames, so this check is a close bound.
+        if !recipient.has_room(
+            msg.body.len(),
+            config.max_queued_messages,
+            config.max_queued_bytes,
+        ) {
+            return Err(SendError::MailboxFull {
+                retry_after_ms: u32::try_from(config.mailbox_full_retry.as_millis())
+                    .unwrap_or(u32::MAX),
+            });
+        }
         // The id is taken under the recipient's lock, so ids in a mailbox
         // increase in queue order.
         let message_id = self.inner.ids.next();
         let timestamp_ms = now_ms();
         let frame = frames::deliver(message_id, from.user, timestamp_ms, msg.body);
-        pick(low, &mut first, second.as_deref_mut(), to_shard)
-            .entry(msg.to)
-            .or_default()
-            .push(
-                Entry {
-                    id: message_id,
-                    sender: Some(from.user),
-                    frame,
-                },
-                self.window(),
-            );
+        recipient.push(
+            Entry {
+                id: message_id,
+                sender: Some(from.user),
+                frame,
+            },
+            config.window,
+        );
         pick(low, &mut first, second.as_deref_mut(), from_shard)
             .entry(from.user)
             .or_default()
@@ -168,11 +197,11 @@ impl MemoryRouter {
                 self.inner.config.dedupe_horizon,
             );
         self.inner.metrics.messages_accepted.inc();
-        Accepted {
+        Ok(Accepted {
             message_id,
             timestamp_ms,
             duplicate: false,
-        }
+        })
     }
 
     /// Queues a receipt for `to` about messages of `by`.
@@ -230,6 +259,32 @@ impl MemoryRouter {
             shard.remove(&user);
         }
         by_sender
+    }
+
+    /// Deletes every message and receipt accepted more than the TTL before
+    /// `now_ms`, and counts them. Locks each shard in turn; meant for a
+    /// periodic sweep (it looks only at the front of each mailbox).
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let ttl_ms = u64::try_from(self.inner.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(ttl_ms);
+        let metrics = &self.inner.metrics;
+        let mut total = 0;
+        for shard in 0..self.inner.shards.len() {
+            let mut shard = self.lock(shard);
+            shard.retain(|_, mailbox| {
+                for entry in mailbox.expire(cutoff) {
+                    total += 1;
+                    if entry.sender.is_some() {
+                        metrics.messages_expired.inc();
+                    } else {
+                        metrics.receipts_expired.inc();
+                    }
+                }
+                mailbox.pump(self.inner.config.window);
+                !mailbox.is_idle()
+            });
+        }
+        total
     }
 
     /// Counts what the router holds and updates the census gauges. Locks
@@ -318,8 +373,8 @@ impl Router for MemoryRouter {
         }
     }
 
-    async fn send(&self, from: Device, msg: Outgoing) -> Result<Accepted, RouterError> {
-        Ok(self.send_now(from, msg))
+    async fn send(&self, from: Device, msg: Outgoing) -> Result<Accepted, SendError> {
+        self.send_now(from, msg)
     }
 
     async fn ack_delivery(&self, device: Device, message_ids: &[u64]) -> Result<(), RouterError> {

@@ -32,6 +32,10 @@ pub struct RouterMetrics {
     pub receipts_queued: Family<KindLabel, Counter>,
     /// Receipts acknowledged by their recipients (and wiped).
     pub receipts_acknowledged: Counter,
+    /// Messages deleted undelivered after the TTL.
+    pub messages_expired: Counter,
+    /// Receipts deleted unacknowledged after the TTL.
+    pub receipts_expired: Counter,
     /// Seconds from a message's acceptance to its recipient's acknowledgement.
     pub delivery_seconds: Histogram,
     /// Entries (messages and receipts) queued, from the last census.
@@ -52,6 +56,8 @@ impl Default for RouterMetrics {
             messages_delivered: Counter::default(),
             receipts_queued: Family::default(),
             receipts_acknowledged: Counter::default(),
+            messages_expired: Counter::default(),
+            receipts_expired: Counter::default(),
             // From a millisecond (both phones online) to a month (offline).
             delivery_seconds: Histogram::new([
                 0.001,
@@ -106,6 +112,16 @@ impl RouterMetrics {
             "receipts_acknowledged",
             "Receipts acknowledged by their recipients and wiped",
             self.receipts_acknowledged.clone(),
+        );
+        registry.register(
+            "messages_expired",
+            "Messages deleted undelivered after the TTL",
+            self.messages_expired.clone(),
+        );
+        registry.register(
+            "receipts_expired",
+            "Receipts deleted unacknowledged after the TTL",
+            self.receipts_expired.clone(),
         );
         registry.register_with_unit(
             "delivery",

@@ -17,6 +17,7 @@ fn router(window: usize) -> MemoryRouter {
         window,
         dedupe_horizon: 8,
         shards: 4,
+        ..MemoryConfig::default()
     })
 }
 
@@ -285,6 +286,7 @@ async fn metrics_and_census_count_what_happens() {
             window: 16,
             dedupe_horizon: 8,
             shards: 4,
+            ..MemoryConfig::default()
         },
         metrics.clone(),
     );
@@ -325,6 +327,81 @@ async fn metrics_and_census_count_what_happens() {
     // B has one message left, A one receipt.
     let census = r.census();
     assert_eq!((census.queued, census.deepest), (2, 1));
+}
+
+#[tokio::test]
+async fn a_full_mailbox_refuses_messages_until_it_drains() {
+    let r = MemoryRouter::new(MemoryConfig {
+        max_queued_messages: 2,
+        mailbox_full_retry: std::time::Duration::from_secs(7),
+        ..MemoryConfig::default()
+    });
+    let first = r.send(A, msg(1, B.user, "1")).await.expect("room");
+    r.send(A, msg(2, B.user, "2")).await.expect("room");
+    match r.send(A, msg(3, B.user, "3")).await {
+        Err(SendError::MailboxFull { retry_after_ms }) => assert_eq!(retry_after_ms, 7000),
+        other => panic!("expected MailboxFull, got {other:?}"),
+    }
+    let mut b = r.attach(B).await.expect("attach");
+    assert_eq!(bodies(&drain(&mut b)), ["1", "2"]);
+    r.ack_delivery(B, &[first.message_id]).await.expect("ack");
+    // One acknowledged: room for one more, and the refused id was not
+    // remembered as sent, so sending it again is accepted as new.
+    let again = r.send(A, msg(3, B.user, "3")).await.expect("room again");
+    assert!(!again.duplicate);
+    assert_eq!(bodies(&drain(&mut b)), ["3"]);
+}
+
+#[tokio::test]
+async fn the_byte_cap_counts_message_sizes() {
+    let r = MemoryRouter::new(MemoryConfig {
+        max_queued_bytes: 1000,
+        ..MemoryConfig::default()
+    });
+    r.send(A, msg(1, B.user, &"x".repeat(600)))
+        .await
+        .expect("room");
+    assert!(matches!(
+        r.send(A, msg(2, B.user, &"x".repeat(600))).await,
+        Err(SendError::MailboxFull { .. })
+    ));
+    r.send(A, msg(3, B.user, "small"))
+        .await
+        .expect("a small one fits");
+}
+
+#[tokio::test]
+async fn old_entries_expire_and_young_ones_stay() {
+    let metrics = RouterMetrics::default();
+    let r = MemoryRouter::with_metrics(
+        MemoryConfig {
+            ttl: std::time::Duration::from_millis(50),
+            ..MemoryConfig::default()
+        },
+        metrics.clone(),
+    );
+    let old = r.send(A, msg(1, B.user, "old")).await.expect("send");
+    let mut b = r.attach(B).await.expect("attach");
+    drain(&mut b);
+    // Delivered, so a receipt waits for A; then both age past the TTL.
+    r.ack_delivery(B, &[old.message_id]).await.expect("ack");
+    r.send(A, msg(2, B.user, "older")).await.expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    r.send(A, msg(3, B.user, "young")).await.expect("send");
+
+    assert_eq!(r.expire(crate::ids::now_ms()), 2);
+    assert_eq!(metrics.messages_expired.get(), 1);
+    assert_eq!(metrics.receipts_expired.get(), 1);
+    assert_eq!(r.queued(A.user), 0);
+    assert_eq!(r.queued(B.user), 1);
+    // The live session keeps working: the young one comes, and an ack for
+    // the expired one is harmless.
+    r.detach(B, b.id).await;
+    let mut b = r.attach(B).await.expect("attach");
+    assert_eq!(bodies(&drain(&mut b)), ["young"]);
+    r.ack_delivery(B, &[old.message_id])
+        .await
+        .expect("harmless");
 }
 
 mod properties {
