@@ -26,7 +26,7 @@ use parley_proto::v1::{
 use parley_proto::{close, v1};
 use parley_router::{Device, Outgoing, Router};
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -40,6 +40,13 @@ use crate::metrics::{GatewayMetrics, Held};
 /// How long the server waits for the phone to answer its close frame before
 /// dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a protocol error the phone may still be sending (the rest of an
+/// oversized frame, say). Closing a socket with unread data makes the kernel
+/// send a reset, which can destroy the error and close frames before the
+/// phone reads them; so the server first reads and discards what is still
+/// coming, up to this long and this much.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// The most router frames written before one flush: enough to coalesce a
 /// burst into few TLS records, few enough not to starve the read side.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -337,6 +344,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     ending: Ending,
     metrics: &GatewayMetrics,
 ) {
+    let lingering = matches!(ending, Ending::Error(..) | Ending::Protocol);
     let (frame, code) = match ending {
         Ending::Gone => return,
         Ending::ClientClosed => (None, None),
@@ -372,6 +380,20 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         Ok::<_, WsError>(())
     };
     let _ = timeout(CLOSE_TIMEOUT, closing).await;
+    if lingering {
+        let discard = async {
+            let stream = ws.get_mut();
+            let mut buf = [0u8; 1024];
+            let mut total = 0;
+            while total < LINGER_MAX_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = timeout(LINGER, discard).await;
+    }
 }
 
 impl Ending {
