@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use parley_gateway::GatewayConfig;
 use parley_registration::RegistrationConfig;
 use parley_router::MemoryConfig;
+use parley_router::ratelimit::Rate;
 use serde::Deserialize;
 
 /// Parley messenger server: gateway, router and registration in one process.
@@ -185,6 +186,33 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_MESSAGE_TTL_DAYS", value_name = "DAYS")]
     pub message_ttl_days: Option<u64>,
 
+    /// Frames one session may send per second, sustained; past the burst
+    /// the session is closed with RATE_LIMITED (close 1008). [default: 100]
+    #[arg(long, env = "PARLEY_FRAMES_PER_SECOND", value_name = "N")]
+    pub frames_per_second: Option<f64>,
+
+    /// Frames one session may send at once. [default: 500]
+    #[arg(long, env = "PARLEY_FRAMES_BURST", value_name = "N")]
+    pub frames_burst: Option<f64>,
+
+    /// Messages one session may send per second, sustained; past the burst
+    /// a send gets SendError RATE_LIMITED with a retry hint. [default: 20]
+    #[arg(long, env = "PARLEY_MESSAGES_PER_SECOND", value_name = "N")]
+    pub messages_per_second: Option<f64>,
+
+    /// Messages one session may send at once. [default: 100]
+    #[arg(long, env = "PARLEY_MESSAGES_BURST", value_name = "N")]
+    pub messages_burst: Option<f64>,
+
+    /// Message bytes one device may receive per second, sustained.
+    /// [default: 1048576]
+    #[arg(long, env = "PARLEY_INBOUND_BYTES_PER_SECOND", value_name = "BYTES")]
+    pub inbound_bytes_per_second: Option<f64>,
+
+    /// Message bytes one device may receive at once. [default: 8388608]
+    #[arg(long, env = "PARLEY_INBOUND_BYTES_BURST", value_name = "BYTES")]
+    pub inbound_bytes_burst: Option<f64>,
+
     /// Days a device credential (JWT) stays valid. [default: 365]
     #[arg(long, env = "PARLEY_TOKEN_TTL_DAYS", value_name = "DAYS")]
     pub token_ttl_days: Option<u64>,
@@ -231,6 +259,14 @@ impl Settings {
             mailbox_max_messages: self.mailbox_max_messages.or(lower.mailbox_max_messages),
             mailbox_max_bytes: self.mailbox_max_bytes.or(lower.mailbox_max_bytes),
             message_ttl_days: self.message_ttl_days.or(lower.message_ttl_days),
+            frames_per_second: self.frames_per_second.or(lower.frames_per_second),
+            frames_burst: self.frames_burst.or(lower.frames_burst),
+            messages_per_second: self.messages_per_second.or(lower.messages_per_second),
+            messages_burst: self.messages_burst.or(lower.messages_burst),
+            inbound_bytes_per_second: self
+                .inbound_bytes_per_second
+                .or(lower.inbound_bytes_per_second),
+            inbound_bytes_burst: self.inbound_bytes_burst.or(lower.inbound_bytes_burst),
             token_ttl_days: self.token_ttl_days.or(lower.token_ttl_days),
             code_ttl: self.code_ttl.or(lower.code_ttl),
             code_interval: self.code_interval.or(lower.code_interval),
@@ -350,6 +386,43 @@ impl Config {
                 parley_proto::limits::MAX_FRAME_BYTES
             ));
         }
+        let gateway_defaults = GatewayConfig::default();
+        let mut rate = |name: &str, burst: Option<f64>, per_second: Option<f64>, default: Rate| {
+            let rate = Rate::new(
+                burst.unwrap_or(default.burst),
+                per_second.unwrap_or(default.per_second),
+            );
+            if !(rate.burst >= 1.0 && rate.per_second > 0.0) {
+                problems.push(format!(
+                    "{name}: the burst must be at least 1 and the rate above 0"
+                ));
+            }
+            rate
+        };
+        let frames = rate(
+            "frames",
+            s.frames_burst,
+            s.frames_per_second,
+            gateway_defaults.frames,
+        );
+        let messages = rate(
+            "messages",
+            s.messages_burst,
+            s.messages_per_second,
+            gateway_defaults.messages,
+        );
+        let inbound_bytes = rate(
+            "inbound_bytes",
+            s.inbound_bytes_burst,
+            s.inbound_bytes_per_second,
+            defaults.inbound_bytes,
+        );
+        if inbound_bytes.burst < parley_proto::limits::MAX_BODY_BYTES as f64 {
+            problems.push(format!(
+                "inbound_bytes_burst must be at least {} (one largest message)",
+                parley_proto::limits::MAX_BODY_BYTES
+            ));
+        }
         let message_ttl_days = s.message_ttl_days.unwrap_or(30);
         if message_ttl_days == 0 {
             problems.push("message_ttl_days must be at least 1".to_owned());
@@ -364,7 +437,9 @@ impl Config {
             write_timeout,
             max_connections,
             shutdown_grace,
-            ..GatewayConfig::default()
+            frames,
+            messages,
+            ..gateway_defaults
         };
         let router = MemoryConfig {
             window,
@@ -372,6 +447,7 @@ impl Config {
             max_queued_messages,
             max_queued_bytes,
             ttl: Duration::from_secs(message_ttl_days * 24 * 3600),
+            inbound_bytes,
             ..defaults
         };
         let registration = RegistrationConfig {

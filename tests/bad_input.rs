@@ -76,7 +76,9 @@ impl Bystanders {
                     }
                     other => panic!("bystander Bob got {other:?}"),
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // About 15 messages a second: under the default per-session
+                // message rate (20/s), as a lively conversation would be.
+                tokio::time::sleep(Duration::from_millis(60)).await;
             }
             (sent, received)
         });

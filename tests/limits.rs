@@ -46,3 +46,62 @@ async fn a_full_mailbox_answers_mailbox_full_and_accepts_again_once_drained() {
         other => panic!("expected m3, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn sending_past_the_message_rate_gets_rate_limited_and_the_session_goes_on() {
+    let server = TestServer::start_with(&["--messages-per-second", "2", "--messages-burst", "3"]);
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, |f| matches!(f, Frame::QueueEmpty(_))).await;
+
+    for i in 1..=3 {
+        a.send(i, bob.user_id, "quick").await.expect("send");
+        assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    }
+    a.send(4, bob.user_id, "too quick").await.expect("send");
+    let wait = match next(&mut a).await {
+        Frame::SendError(e) => {
+            assert_eq!(e.code(), ErrorCode::RateLimited);
+            assert!(e.retry_after_ms > 0 && e.retry_after_ms <= 500, "{e:?}");
+            e.retry_after_ms
+        }
+        other => panic!("expected RATE_LIMITED, got {other:?}"),
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait) + 50)).await;
+    a.send(4, bob.user_id, "too quick").await.expect("retry");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+
+    let (_, body) = server.admin_get("/metrics").await;
+    assert!(
+        body.contains("parley_gateway_rate_limited_total{limiter=\"messages\"} 1"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_flood_closes_only_the_flooding_session() {
+    let server = TestServer::start_with(&["--frames-per-second", "1", "--frames-burst", "5"]);
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let mut flood = server.connect(&alice).await;
+    until(&mut flood, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    for _ in 0..6 {
+        flood.ack_receipts(vec![1]).await.expect("frame");
+    }
+    match next(&mut flood).await {
+        Frame::Error(e) => assert_eq!(e.code(), ErrorCode::RateLimited),
+        other => panic!("expected Error RATE_LIMITED, got {other:?}"),
+    }
+    match flood.next_frame_timeout(common::PROMPTLY).await {
+        Err(parley_client::ClientError::Closed { code, .. }) => {
+            assert_eq!(code, parley_proto::close::POLICY_VIOLATION);
+        }
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+    // Another session on the same server is untouched.
+    let mut b = server.connect(&bob).await;
+    until(&mut b, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    b.send(1, alice.user_id, "hello").await.expect("send");
+    assert!(matches!(next(&mut b).await, Frame::Ack(_)));
+}

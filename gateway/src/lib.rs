@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use parley_proto::limits::MAX_FRAME_BYTES;
 use parley_registration::{AccountStore, Authenticator};
+use parley_router::ratelimit::Rate;
 use parley_router::{Device, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -69,6 +70,12 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Registered user ids cached in memory (see `recipients`).
     pub known_users_cache: usize,
+    /// Frames one session may send (any kind): past it the session is
+    /// closed with `RATE_LIMITED` (close 1008). Bounds the work a flood costs.
+    pub frames: Rate,
+    /// Messages one session may send: past it a `Send` gets
+    /// `SendError{RATE_LIMITED}` with a retry hint, and the session goes on.
+    pub messages: Rate,
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +89,8 @@ impl Default for GatewayConfig {
             write_buffer_bytes: 4 * 1024,
             shutdown_grace: Duration::from_secs(10),
             known_users_cache: 1_000_000,
+            frames: Rate::new(500.0, 100.0),
+            messages: Rate::new(100.0, 20.0),
         }
     }
 }

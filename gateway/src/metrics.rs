@@ -33,6 +33,9 @@ pub struct GatewayMetrics {
     pub send_errors: Family<Label, Counter>,
     /// Sessions ended, by reason.
     pub sessions_closed: Family<Label, Counter>,
+    /// Actions refused by a rate limit, by `limiter`: `frames`, `messages`
+    /// (per session), `inbound_bytes` (per recipient).
+    pub rate_limited: Family<Label, Counter>,
 }
 
 impl Default for GatewayMetrics {
@@ -52,6 +55,7 @@ impl Default for GatewayMetrics {
             bytes_out: Counter::default(),
             send_errors: Family::default(),
             sessions_closed: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 }
@@ -108,6 +112,11 @@ impl GatewayMetrics {
             "sessions_closed",
             "Sessions ended, by reason",
             self.sessions_closed.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Actions refused by a rate limit, by limiter",
+            self.rate_limited.clone(),
         );
     }
 }

@@ -24,6 +24,7 @@ use parley_proto::v1::{
     client_frame, server_frame,
 };
 use parley_proto::{close, v1};
+use parley_router::ratelimit::TokenBucket;
 use parley_router::{Device, Outgoing, Router};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -88,6 +89,9 @@ where
         let config = &shared.config;
         let metrics = &shared.metrics;
         let _open = Held::new(&metrics.sessions_open);
+        let started = Instant::now();
+        let mut frames_allowance = TokenBucket::new(config.frames, started);
+        let mut messages_allowance = TokenBucket::new(config.messages, started);
         let mut attached = match shared.router.attach(device).await {
             Ok(attached) => attached,
             Err(err) => {
@@ -131,8 +135,12 @@ where
                         None => break Ending::Gone,
                         Some(Ok(Message::Binary(bytes))) => {
                             metrics.frames_in.inc();
+                            if frames_allowance.take(config.frames, 1.0, Instant::now()).is_err() {
+                                limited(metrics, "frames");
+                                break Ending::Error(ErrorCode::RateLimited, "too many frames; slow down");
+                            }
                             metrics.bytes_in.inc_by(bytes.len() as u64);
-                            if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut ws)).await {
+                            if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut ws, &mut messages_allowance)).await {
                                 break ending;
                             }
                         }
@@ -222,6 +230,7 @@ async fn on_frame<S, R>(
     device: Device,
     bytes: &[u8],
     ws: &mut WebSocketStream<S>,
+    messages_allowance: &mut TokenBucket,
 ) -> Result<(), Ending>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -239,7 +248,7 @@ where
             "ClientFrame has no frame set",
         )),
         Some(client_frame::Frame::Send(send)) => {
-            let reply = on_send(shared, device, send).await;
+            let reply = on_send(shared, device, send, messages_allowance).await;
             if let server_frame::Frame::SendError(err) = &reply {
                 shared
                     .metrics
@@ -287,21 +296,31 @@ async fn on_send<R: Router>(
     shared: &Shared<R>,
     device: Device,
     send: v1::Send,
+    messages_allowance: &mut TokenBucket,
 ) -> server_frame::Frame {
     let client_msg_id = send.client_msg_id;
-    let refuse = |code: ErrorCode, reason: &str| {
+    let refuse_after = |code: ErrorCode, reason: &str, retry_after_ms: u32| {
         server_frame::Frame::SendError(SendError {
             client_msg_id,
             code: code.into(),
             reason: reason.to_owned(),
-            retry_after_ms: 0,
+            retry_after_ms,
         })
     };
+    let refuse = |code: ErrorCode, reason: &str| refuse_after(code, reason, 0);
     if client_msg_id == 0 {
         return refuse(ErrorCode::InvalidMessage, "client_msg_id must not be 0");
     }
     if send.body.len() > MAX_BODY_BYTES {
         return refuse(ErrorCode::InvalidMessage, "body over the 63 KiB limit");
+    }
+    if let Err(wait) = messages_allowance.take(shared.config.messages, 1.0, Instant::now()) {
+        limited(&shared.metrics, "messages");
+        return refuse_after(
+            ErrorCode::RateLimited,
+            "sending too fast; retry later",
+            millis(wait),
+        );
     }
     match shared.recipients.is_registered(send.to_user).await {
         Ok(true) => {}
@@ -322,6 +341,14 @@ async fn on_send<R: Router>(
             message_id: accepted.message_id,
             timestamp_ms: accepted.timestamp_ms,
         }),
+        Err(parley_router::SendError::RateLimited { retry_after_ms }) => {
+            limited(&shared.metrics, "inbound_bytes");
+            refuse_after(
+                ErrorCode::RateLimited,
+                "the recipient is receiving too fast; retry later",
+                retry_after_ms,
+            )
+        }
         Err(parley_router::SendError::MailboxFull { retry_after_ms }) => {
             server_frame::Frame::SendError(SendError {
                 client_msg_id,
@@ -396,6 +423,17 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+fn limited(metrics: &GatewayMetrics, limiter: &'static str) {
+    metrics
+        .rate_limited
+        .get_or_create(&[("limiter", limiter)])
+        .inc();
+}
+
+fn millis(wait: Duration) -> u32 {
+    u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
 impl Ending {
     /// The `reason` label of `gateway_sessions_closed`.
     fn label(&self) -> &'static str {
@@ -412,6 +450,7 @@ impl Ending {
                 ErrorCode::MalformedFrame => "malformed_frame",
                 ErrorCode::FrameTooLarge => "frame_too_large",
                 ErrorCode::UnsupportedData => "unsupported_data",
+                ErrorCode::RateLimited => "rate_limited",
                 _ => "internal",
             },
             Ending::ClientClosed => "client_closed",

@@ -9,6 +9,7 @@
 //! Modules:
 //! - [`memory`]: the single-node backend, all state in process memory.
 //! - [`metrics`]: what the router counts.
+//! - [`ratelimit`]: token buckets for the message path's rate limits.
 //! - `mailbox`: one device's queue, its delivery window and its
 //!   de-duplication memory (private; the logic every backend shares).
 //! - `ids`: message and receipt ids.
@@ -25,6 +26,7 @@ mod ids;
 mod mailbox;
 pub mod memory;
 pub mod metrics;
+pub mod ratelimit;
 
 use std::future::Future;
 
@@ -98,6 +100,9 @@ pub enum SendError {
     /// after the hint may succeed once the recipient drains it.
     #[error("the recipient's mailbox is full")]
     MailboxFull { retry_after_ms: u32 },
+    /// The recipient is receiving more bytes per second than its limit.
+    #[error("the recipient is receiving too fast")]
+    RateLimited { retry_after_ms: u32 },
     #[error(transparent)]
     Router(#[from] RouterError),
 }

@@ -85,6 +85,9 @@ pub(crate) struct Mailbox {
     /// per-device caps count.
     messages: usize,
     message_bytes: usize,
+    /// Bytes arriving for this device (its inbound rate limit); made on the
+    /// first message, so devices that only send carry none.
+    inbound: Option<crate::ratelimit::TokenBucket>,
     live: Option<Live>,
     marker: Marker,
     sent: SentLog,
@@ -168,6 +171,18 @@ impl Mailbox {
             self.messages -= 1;
             self.message_bytes -= entry.frame.len();
         }
+    }
+
+    /// Spends `bytes` of this device's inbound allowance.
+    pub(crate) fn take_inbound(
+        &mut self,
+        rate: crate::ratelimit::Rate,
+        bytes: usize,
+        now: tokio::time::Instant,
+    ) -> Result<(), std::time::Duration> {
+        self.inbound
+            .get_or_insert_with(|| crate::ratelimit::TokenBucket::new(rate, now))
+            .take(rate, bytes as f64, now)
     }
 
     /// Whether one more message of `bytes` fits under the caps.

@@ -47,6 +47,9 @@ pub struct MemoryConfig {
     pub mailbox_full_retry: std::time::Duration,
     /// Undelivered messages and receipts older than this are deleted.
     pub ttl: std::time::Duration,
+    /// Message bytes one device may receive: a burst, then a rate. Protects
+    /// a recipient (and the node's memory) from a flood by many senders.
+    pub inbound_bytes: crate::ratelimit::Rate,
 }
 
 impl Default for MemoryConfig {
@@ -59,6 +62,7 @@ impl Default for MemoryConfig {
             max_queued_bytes: 64 * 1024 * 1024,
             mailbox_full_retry: std::time::Duration::from_secs(60),
             ttl: std::time::Duration::from_secs(30 * 24 * 3600),
+            inbound_bytes: crate::ratelimit::Rate::new(8.0 * 1024.0 * 1024.0, 1024.0 * 1024.0),
         }
     }
 }
@@ -171,6 +175,15 @@ impl MemoryRouter {
             return Err(SendError::MailboxFull {
                 retry_after_ms: u32::try_from(config.mailbox_full_retry.as_millis())
                     .unwrap_or(u32::MAX),
+            });
+        }
+        if let Err(wait) = recipient.take_inbound(
+            config.inbound_bytes,
+            msg.body.len(),
+            tokio::time::Instant::now(),
+        ) {
+            return Err(SendError::RateLimited {
+                retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1),
             });
         }
         // The id is taken under the recipient's lock, so ids in a mailbox

@@ -404,6 +404,29 @@ async fn old_entries_expire_and_young_ones_stay() {
         .expect("harmless");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_recipient_receives_at_most_its_inbound_rate() {
+    let r = MemoryRouter::new(MemoryConfig {
+        inbound_bytes: crate::ratelimit::Rate::new(1000.0, 100.0),
+        ..MemoryConfig::default()
+    });
+    r.send(A, msg(1, B.user, &"x".repeat(900)))
+        .await
+        .expect("in the burst");
+    match r.send(A, msg(2, B.user, &"x".repeat(200))).await {
+        Err(SendError::RateLimited { retry_after_ms }) => assert_eq!(retry_after_ms, 1000),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // Another recipient is not affected.
+    r.send(A, msg(3, A.user, &"x".repeat(900)))
+        .await
+        .expect("own allowance");
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    r.send(A, msg(2, B.user, &"x".repeat(200)))
+        .await
+        .expect("refilled");
+}
+
 mod properties {
     //! Any interleaving of sends (fresh and resent), acks, reads and
     //! reconnects keeps the promises of the protocol.
