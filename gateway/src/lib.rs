@@ -38,6 +38,17 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
 pub use metrics::GatewayMetrics;
+
+/// Entry points for the fuzz targets in `fuzz/` (built only by cargo-fuzz,
+/// which sets `cfg(fuzzing)`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Parses an upgrade request head as the gateway does, before any
+    /// authentication. `true` if it is a v1 upgrade with a bearer token.
+    pub fn parse_upgrade_head(head: &[u8]) -> bool {
+        crate::upgrade::parse(head).is_ok()
+    }
+}
 use metrics::Held;
 use recipients::Recipients;
 

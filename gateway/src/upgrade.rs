@@ -107,7 +107,7 @@ pub(crate) enum UpgradeError {
 
 /// A request head that asks for a v1 WebSocket.
 #[derive(Debug)]
-struct UpgradeRequest {
+pub(crate) struct UpgradeRequest {
     key: String,
     token: String,
 }
@@ -185,7 +185,7 @@ where
     }
 }
 
-fn parse(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
+pub(crate) fn parse(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
