@@ -105,3 +105,83 @@ async fn a_frame_flood_closes_only_the_flooding_session() {
     b.send(1, alice.user_id, "hello").await.expect("send");
     assert!(matches!(next(&mut b).await, Frame::Ack(_)));
 }
+
+#[tokio::test]
+async fn a_phone_that_stops_reading_is_closed_and_keeps_its_messages() {
+    // A large window and large bodies, so that what the server pushes is far
+    // more than the socket buffers hold and its writes block.
+    let server = TestServer::start_with(&[
+        "--delivery-window",
+        "2000",
+        "--write-timeout",
+        "1",
+        "--messages-per-second",
+        "100000",
+        "--messages-burst",
+        "100000",
+        "--frames-per-second",
+        "100000",
+        "--frames-burst",
+        "100000",
+        "--inbound-bytes-per-second",
+        "1000000000",
+        "--inbound-bytes-burst",
+        "1000000000",
+    ]);
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let carol = server.register().await;
+
+    // Bob connects, then stops reading (his app froze).
+    let mut stalled = server.connect(&bob).await;
+    until(&mut stalled, |f| matches!(f, Frame::QueueEmpty(_))).await;
+
+    let mut a = server.connect(&alice).await;
+    until(&mut a, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    let body = vec![b'x'; 60 * 1024];
+    const COUNT: u64 = 600; // ~36 MB for Bob
+    for i in 1..=COUNT {
+        a.send(i, bob.user_id, body.clone()).await.expect("send");
+        match next(&mut a).await {
+            Frame::Ack(_) => {}
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    // Meanwhile, and after, other sessions are unaffected.
+    let mut c = server.connect(&carol).await;
+    until(&mut c, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    c.send(1, alice.user_id, "still fine").await.expect("send");
+    assert!(matches!(next(&mut c).await, Frame::Ack(_)));
+    assert!(matches!(next(&mut a).await, Frame::Deliver(_)));
+
+    // The server gave up on Bob's stalled session...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, metrics) = server.admin_get("/metrics").await;
+        if metrics.contains("parley_gateway_sessions_closed_total{reason=\"slow_consumer\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slow-consumer close:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stalled.drop_abruptly();
+
+    // ...and nothing was lost: a new session of Bob's gets every message.
+    let mut b = server.connect(&bob).await;
+    let mut got = 0;
+    while got < COUNT {
+        match next(&mut b).await {
+            Frame::Deliver(d) => {
+                assert_eq!(d.body.len(), body.len());
+                b.ack_delivery(vec![d.message_id]).await.expect("ack");
+                got += 1;
+            }
+            Frame::QueueEmpty(_) => {}
+            other => panic!("expected deliveries, got {other:?}"),
+        }
+    }
+}
