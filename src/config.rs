@@ -229,6 +229,25 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_CODES_PER_DAY", value_name = "N")]
     pub codes_per_day: Option<u32>,
 
+    /// Registration codes one client address may request at once (many
+    /// phones share an address behind carrier NAT). [default: 20]
+    #[arg(long, env = "PARLEY_CODES_PER_IP_BURST", value_name = "N")]
+    pub codes_per_ip_burst: Option<u32>,
+
+    /// Registration codes one client address may request per minute,
+    /// sustained. [default: 10]
+    #[arg(long, env = "PARLEY_CODES_PER_IP_PER_MINUTE", value_name = "N")]
+    pub codes_per_ip_per_minute: Option<u32>,
+
+    /// Code verifications one client address may attempt at once. [default: 50]
+    #[arg(long, env = "PARLEY_VERIFIES_PER_IP_BURST", value_name = "N")]
+    pub verifies_per_ip_burst: Option<u32>,
+
+    /// Code verifications one client address may attempt per minute,
+    /// sustained. [default: 30]
+    #[arg(long, env = "PARLEY_VERIFIES_PER_IP_PER_MINUTE", value_name = "N")]
+    pub verifies_per_ip_per_minute: Option<u32>,
+
     /// Seconds shutdown waits for sessions and requests to finish. [default: 10]
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE", value_name = "SECS")]
     pub shutdown_grace: Option<u64>,
@@ -271,6 +290,14 @@ impl Settings {
             code_ttl: self.code_ttl.or(lower.code_ttl),
             code_interval: self.code_interval.or(lower.code_interval),
             codes_per_day: self.codes_per_day.or(lower.codes_per_day),
+            codes_per_ip_burst: self.codes_per_ip_burst.or(lower.codes_per_ip_burst),
+            codes_per_ip_per_minute: self
+                .codes_per_ip_per_minute
+                .or(lower.codes_per_ip_per_minute),
+            verifies_per_ip_burst: self.verifies_per_ip_burst.or(lower.verifies_per_ip_burst),
+            verifies_per_ip_per_minute: self
+                .verifies_per_ip_per_minute
+                .or(lower.verifies_per_ip_per_minute),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             log_format: self.log_format.or(lower.log_format),
         }
@@ -450,12 +477,25 @@ impl Config {
             inbound_bytes,
             ..defaults
         };
+        let registration_defaults = RegistrationConfig::default();
         let registration = RegistrationConfig {
             code_ttl,
             code_interval,
             codes_per_day,
+            codes_per_ip_burst: s
+                .codes_per_ip_burst
+                .unwrap_or(registration_defaults.codes_per_ip_burst),
+            codes_per_ip_per_minute: s
+                .codes_per_ip_per_minute
+                .unwrap_or(registration_defaults.codes_per_ip_per_minute),
+            verifies_per_ip_burst: s
+                .verifies_per_ip_burst
+                .unwrap_or(registration_defaults.verifies_per_ip_burst),
+            verifies_per_ip_per_minute: s
+                .verifies_per_ip_per_minute
+                .unwrap_or(registration_defaults.verifies_per_ip_per_minute),
             token_ttl: Duration::from_secs(token_ttl_days * 24 * 3600),
-            ..RegistrationConfig::default()
+            ..registration_defaults
         };
         // The registration crate knows its own invariants; a setting exposed
         // here must not be able to break them.

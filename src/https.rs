@@ -1,6 +1,7 @@
 //! Serves an axum app over HTTPS: one task per connection, the TLS
-//! handshake inside that task under a timeout, HTTP/1.1 by hyper, and
-//! graceful shutdown that lets requests in progress finish.
+//! handshake inside that task under a timeout, HTTP/1.1 by hyper, the
+//! client's address attached to every request ([`ClientIp`]), and graceful
+//! shutdown that lets requests in progress finish.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use parley_registration::ClientIp;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer as _;
 
 /// Limits of the HTTPS listener.
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +62,16 @@ pub async fn serve(
                         return;
                     }
                 };
+            // The client's address goes with every request of the
+            // connection, for registration's per-address limits. It is the
+            // TCP peer: behind a load balancer, one that preserves client
+            // addresses (as AWS NLB does for instance targets).
+            let service = axum::Extension(ClientIp(peer.ip())).layer(app);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 // Slowloris: the request head must arrive in time.
                 .header_read_timeout(limits.handshake_timeout)
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %err, "https connection ended with an error");
             }

@@ -185,3 +185,38 @@ async fn a_phone_that_stops_reading_is_closed_and_keeps_its_messages() {
         }
     }
 }
+
+#[tokio::test]
+async fn one_address_requesting_codes_for_many_numbers_is_rate_limited() {
+    let server = TestServer::start_with(&[
+        "--codes-per-ip-burst",
+        "2",
+        "--codes-per-ip-per-minute",
+        "1",
+    ]);
+    let registration = server.registration();
+    for _ in 0..2 {
+        registration
+            .request_code(&server.phone())
+            .await
+            .expect("within the burst");
+    }
+    match registration.request_code(&server.phone()).await {
+        Err(parley_client::ClientError::Api {
+            status,
+            code,
+            retry_after,
+            ..
+        }) => {
+            assert_eq!(status, 429);
+            assert_eq!(code, "RATE_LIMITED");
+            assert!(retry_after.is_some_and(|s| s > 0));
+        }
+        other => panic!("expected 429 RATE_LIMITED, got {other:?}"),
+    }
+    let (_, body) = server.admin_get("/metrics").await;
+    assert!(
+        body.contains("parley_registration_rate_limited_total{limiter=\"codes_per_ip\"} 1"),
+        "{body}"
+    );
+}

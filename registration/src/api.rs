@@ -28,7 +28,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::routing::post;
-use axum::{BoxError, Json, Router};
+use axum::{BoxError, Extension, Json, Router};
 use http::StatusCode;
 
 use crate::metrics::RegistrationMetrics;
@@ -42,7 +42,7 @@ use crate::error::{AppError, Internal};
 use crate::events::DeviceEvents;
 use crate::extract::{BearerDevice, JsonBody};
 use crate::phone::is_e164;
-use crate::ratelimit::UserRateLimiter;
+use crate::ratelimit::{IpRateLimiter, UserRateLimiter};
 use crate::sms::{SmsError, SmsSender};
 use crate::store::{self, AccountStore, CodeCheck, CodePolicy, CodeRequest};
 use crate::token::TokenKeys;
@@ -73,6 +73,16 @@ pub struct RegistrationConfig {
     pub lookup_per_minute: u32,
     /// Phone numbers per lookup request (1000).
     pub lookup_max_phones: usize,
+    /// Code requests from one client address (token bucket). Generous,
+    /// because many phones share an address behind carrier NAT; it stops
+    /// one machine from cycling through numbers. Applied only when the
+    /// server attaches the client's address ([`ClientIp`]).
+    pub codes_per_ip_burst: u32,
+    pub codes_per_ip_per_minute: u32,
+    /// Verification attempts from one client address (token bucket): the
+    /// per-code limit stops guessing one code; this stops guessing many.
+    pub verifies_per_ip_burst: u32,
+    pub verifies_per_ip_per_minute: u32,
     /// How long an SMS may take to send before the request fails with
     /// `SMS_FAILED` and the code is not counted (5 s).
     pub sms_timeout: Duration,
@@ -93,6 +103,10 @@ impl Default for RegistrationConfig {
             lookup_burst: 20,
             lookup_per_minute: 20,
             lookup_max_phones: 1000,
+            codes_per_ip_burst: 20,
+            codes_per_ip_per_minute: 10,
+            verifies_per_ip_burst: 50,
+            verifies_per_ip_per_minute: 30,
             sms_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_in_flight: 256,
@@ -118,6 +132,8 @@ impl RegistrationConfig {
         };
         positive(!self.code_ttl.is_zero(), "code_ttl");
         positive(self.codes_per_day > 0, "codes_per_day");
+        positive(self.codes_per_ip_burst > 0, "codes_per_ip_burst");
+        positive(self.verifies_per_ip_burst > 0, "verifies_per_ip_burst");
         positive(self.max_attempts > 0, "max_attempts");
         positive(!self.token_ttl.is_zero(), "token_ttl");
         positive(self.lookup_burst > 0, "lookup_burst");
@@ -164,6 +180,8 @@ struct Inner {
     sms: Arc<dyn SmsSender>,
     events: Arc<dyn DeviceEvents>,
     lookup_limiter: UserRateLimiter,
+    codes_per_ip: IpRateLimiter,
+    verifies_per_ip: IpRateLimiter,
     config: RegistrationConfig,
     /// Unix ms after which the next code request prunes old rows. Atomic so
     /// that exactly one concurrent request wins each pruning turn.
@@ -181,7 +199,34 @@ impl fmt::Debug for RegistrationState {
     }
 }
 
+/// The address of the client behind a request, attached by the server that
+/// accepted the connection (as an axum `Extension`). Per-address limits
+/// apply only to requests that carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 impl RegistrationState {
+    /// Spends one of `client`'s tokens in `limiter`, if the request carries
+    /// its address.
+    fn check_ip(
+        &self,
+        limiter: &IpRateLimiter,
+        client: Option<Extension<ClientIp>>,
+        name: &'static str,
+    ) -> Result<(), AppError> {
+        let Some(Extension(ClientIp(ip))) = client else {
+            return Ok(());
+        };
+        limiter.check(ip).map_err(|retry_after| {
+            self.inner
+                .metrics
+                .rate_limited
+                .get_or_create(&[("limiter", name)])
+                .inc();
+            AppError::RateLimited { retry_after }
+        })
+    }
+
     /// What this state counts; the server registers it once.
     pub fn metrics(&self) -> &RegistrationMetrics {
         &self.inner.metrics
@@ -198,6 +243,12 @@ impl RegistrationState {
     ) -> Self {
         let authenticator = Authenticator::new(Arc::clone(&keys), store.clone());
         let lookup_limiter = UserRateLimiter::new(config.lookup_burst, config.lookup_per_minute);
+        let codes_per_ip =
+            IpRateLimiter::new(config.codes_per_ip_burst, config.codes_per_ip_per_minute);
+        let verifies_per_ip = IpRateLimiter::new(
+            config.verifies_per_ip_burst,
+            config.verifies_per_ip_per_minute,
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -206,6 +257,8 @@ impl RegistrationState {
                 sms,
                 events,
                 lookup_limiter,
+                codes_per_ip,
+                verifies_per_ip,
                 metrics: RegistrationMetrics::default(),
                 config,
                 next_prune_ms: AtomicI64::new(0),
@@ -299,11 +352,13 @@ struct CodeResponse {
 #[tracing::instrument(skip_all)]
 async fn request_code(
     State(state): State<RegistrationState>,
+    client: Option<Extension<ClientIp>>,
     JsonBody(body): JsonBody<CodeRequestBody>,
 ) -> Result<(StatusCode, Json<CodeResponse>), AppError> {
     if !is_e164(&body.phone) {
         return Err(AppError::InvalidPhone);
     }
+    state.check_ip(&state.inner.codes_per_ip, client, "codes_per_ip")?;
     let config = &state.inner.config;
     let store = &state.inner.store;
     let now = store::now_millis();
@@ -362,11 +417,13 @@ struct VerifyResponse {
 #[tracing::instrument(skip_all)]
 async fn verify(
     State(state): State<RegistrationState>,
+    client: Option<Extension<ClientIp>>,
     JsonBody(body): JsonBody<VerifyBody>,
 ) -> Result<Json<VerifyResponse>, AppError> {
     if !is_e164(&body.phone) {
         return Err(AppError::InvalidPhone);
     }
+    state.check_ip(&state.inner.verifies_per_ip, client, "verifies_per_ip")?;
     // Whatever was sent is hashed and compared: a malformed code is just a
     // wrong one, and costs an attempt like any other guess.
     let hash = code::hash(&body.phone, &body.code);

@@ -42,7 +42,7 @@ pub type UserId = u64;
 /// so a replaced device can never be confused with its successor.
 pub type DeviceId = u64;
 
-pub use api::{RegistrationConfig, RegistrationState, router};
+pub use api::{ClientIp, RegistrationConfig, RegistrationState, router};
 pub use auth::{AuthError, Authenticator};
 pub use events::{DeviceEvents, IgnoreDeviceEvents};
 pub use metrics::RegistrationMetrics;

@@ -17,6 +17,9 @@ pub struct RegistrationMetrics {
     /// Verifications refused, by `code` (`WRONG_CODE`, `CODE_EXPIRED`,
     /// `NO_PENDING_CODE`).
     pub verify_failures: Family<Label, Counter>,
+    /// Requests refused by a per-address limit, by `limiter`
+    /// (`codes_per_ip`, `verifies_per_ip`).
+    pub rate_limited: Family<Label, Counter>,
 }
 
 impl RegistrationMetrics {
@@ -36,6 +39,11 @@ impl RegistrationMetrics {
             "verify_failures",
             "Code verifications refused, by code",
             self.verify_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a per-address limit, by limiter",
+            self.rate_limited.clone(),
         );
     }
 }

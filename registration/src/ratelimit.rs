@@ -28,15 +28,22 @@ struct Bucket {
 /// A token bucket per user: `burst` requests at once, refilled at
 /// `per_minute`. Shared state behind a `std` mutex: every critical section
 /// is a hash-map lookup and some arithmetic, never an `.await`.
+/// A token bucket per user: contact lookups.
+pub type UserRateLimiter = KeyedRateLimiter<UserId>;
+
+/// A token bucket per client address: registration codes and verifications.
+pub type IpRateLimiter = KeyedRateLimiter<std::net::IpAddr>;
+
+/// A token bucket per key, in a bounded table.
 #[derive(Debug)]
-pub struct UserRateLimiter {
-    buckets: Mutex<HashMap<UserId, Bucket>>,
+pub struct KeyedRateLimiter<K> {
+    buckets: Mutex<HashMap<K, Bucket>>,
     burst: f64,
     per_second: f64,
     max_users: usize,
 }
 
-impl UserRateLimiter {
+impl<K: std::hash::Hash + Eq + Copy> KeyedRateLimiter<K> {
     pub fn new(burst: u32, per_minute: u32) -> Self {
         Self::with_capacity(burst, per_minute, MAX_TRACKED_USERS)
     }
@@ -52,11 +59,11 @@ impl UserRateLimiter {
 
     /// Takes one token of `user`'s bucket, or says how long until one is
     /// available.
-    pub fn check(&self, user: UserId) -> Result<(), Duration> {
+    pub fn check(&self, user: K) -> Result<(), Duration> {
         self.check_at(user, Instant::now())
     }
 
-    fn check_at(&self, user: UserId, now: Instant) -> Result<(), Duration> {
+    fn check_at(&self, user: K, now: Instant) -> Result<(), Duration> {
         // A poisoned lock only means another thread panicked mid-update of
         // some numbers; they are still usable as a rate limit.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);

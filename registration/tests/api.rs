@@ -39,6 +39,7 @@ on_every_backend!(
     lookup_limits,
     overload_is_shed,
     slow_handler_times_out,
+    per_address_limits,
 );
 
 async fn happy_path(backend: Backend) {
@@ -648,4 +649,53 @@ async fn slow_handler_times_out(backend: Backend) {
     let r = app.request_code(PHONE).await;
     r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+async fn per_address_limits(backend: Backend) {
+    let config = RegistrationConfig {
+        codes_per_ip_burst: 3,
+        codes_per_ip_per_minute: 1,
+        verifies_per_ip_burst: 2,
+        verifies_per_ip_per_minute: 1,
+        ..RegistrationConfig::default()
+    };
+    let mut app = TestApp::start(&backend, config).await;
+    let base = app.router.clone();
+    let from = |ip: &str| {
+        base.clone()
+            .layer(axum::Extension(parley_registration::ClientIp(
+                ip.parse().expect("ip"),
+            )))
+    };
+
+    // One machine cycling through numbers is stopped...
+    app.router = from("192.0.2.1");
+    for i in 0..3 {
+        let response = app.request_code(&format!("+1555000100{i}")).await;
+        assert_eq!(response.status, StatusCode::ACCEPTED);
+    }
+    app.request_code("+15550001009")
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+    // ...without stopping anyone else.
+    app.router = from("192.0.2.2");
+    assert_eq!(
+        app.request_code("+15550001009").await.status,
+        StatusCode::ACCEPTED
+    );
+
+    // Guessing across many numbers from one address is stopped too.
+    app.router = from("192.0.2.3");
+    for i in 0..2 {
+        let phone = format!("+1555000100{i}");
+        let wrong = other_code(&app.last_code(&phone));
+        app.verify(&phone, &wrong)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "WRONG_CODE");
+    }
+    let phone = "+15550001002";
+    let right = app.last_code(phone);
+    app.verify(phone, &right)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
 }
