@@ -220,3 +220,18 @@ async fn one_address_requesting_codes_for_many_numbers_is_rate_limited() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_ping_flood_is_a_frame_flood() {
+    let server = TestServer::start_with(&["--frames-per-second", "1", "--frames-burst", "5"]);
+    let alice = server.register().await;
+    let mut flood = server.connect(&alice).await;
+    until(&mut flood, |f| matches!(f, Frame::QueueEmpty(_))).await;
+    for _ in 0..6 {
+        flood.ping().await.expect("ping");
+    }
+    match next(&mut flood).await {
+        Frame::Error(e) => assert_eq!(e.code(), ErrorCode::RateLimited),
+        other => panic!("expected Error RATE_LIMITED, got {other:?}"),
+    }
+}

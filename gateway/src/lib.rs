@@ -81,8 +81,9 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Registered user ids cached in memory (see `recipients`).
     pub known_users_cache: usize,
-    /// Frames one session may send (any kind): past it the session is
-    /// closed with `RATE_LIMITED` (close 1008). Bounds the work a flood costs.
+    /// Frames one session may send (any kind, pings included): past it the
+    /// session is closed with `RATE_LIMITED` (close 1008). Bounds the work a
+    /// flood costs.
     pub frames: Rate,
     /// Messages one session may send: past it a `Send` gets
     /// `SendError{RATE_LIMITED}` with a retry hint, and the session goes on.

@@ -130,15 +130,18 @@ where
                 }
                 () = &mut idle => break Ending::Closing(CloseReason::IdleTimeout),
                 message = ws.next() => {
-                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    let now = Instant::now();
+                    idle.as_mut().reset(now + config.idle_timeout);
+                    // Every frame counts against the limit, pings included:
+                    // each costs the server work (a pong is a write).
+                    if matches!(message, Some(Ok(_))) && frames_allowance.take(config.frames, 1.0, now).is_err() {
+                        limited(metrics, "frames");
+                        break Ending::Error(ErrorCode::RateLimited, "too many frames; slow down");
+                    }
                     match message {
                         None => break Ending::Gone,
                         Some(Ok(Message::Binary(bytes))) => {
                             metrics.frames_in.inc();
-                            if frames_allowance.take(config.frames, 1.0, Instant::now()).is_err() {
-                                limited(metrics, "frames");
-                                break Ending::Error(ErrorCode::RateLimited, "too many frames; slow down");
-                            }
                             metrics.bytes_in.inc_by(bytes.len() as u64);
                             if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut ws, &mut messages_allowance)).await {
                                 break ending;
