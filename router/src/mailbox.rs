@@ -197,26 +197,32 @@ impl Mailbox {
     /// entries are ever unacknowledged, so a send can only fail when the
     /// session is gone.
     pub(crate) fn pump(&mut self, window: usize) {
+        // Borrows only the `live` field, so the queue and the counters can
+        // change meanwhile (no clone of the sender per call).
         let Some(live) = &self.live else { return };
-        let frames = live.frames.clone();
+        let mut gone = false;
         while self.in_flight < window && self.in_flight < self.queue.len() {
-            if frames
+            if live
+                .frames
                 .try_send(self.queue[self.in_flight].frame.clone())
                 .is_err()
             {
-                self.drop_live();
-                return;
+                gone = true;
+                break;
             }
             self.in_flight += 1;
         }
-        if let Marker::After(last) = self.marker {
-            let drained = self.queue.get(self.in_flight).is_none_or(|e| e.id > last);
-            if drained {
-                self.marker = Marker::Done;
-                if frames.try_send(frames::queue_empty()).is_err() {
-                    self.drop_live();
+        if !gone {
+            if let Marker::After(last) = self.marker {
+                let drained = self.queue.get(self.in_flight).is_none_or(|e| e.id > last);
+                if drained {
+                    self.marker = Marker::Done;
+                    gone = live.frames.try_send(frames::queue_empty()).is_err();
                 }
             }
+        }
+        if gone {
+            self.drop_live();
         }
     }
 
