@@ -196,7 +196,7 @@ pub async fn tick(
         }
         router.census();
         ticks += 1;
-        if ticks % EXPIRY_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(EXPIRY_EVERY_TICKS) {
             router.expire(now_ms());
         }
         for (i, (name, counter)) in rated.iter().enumerate() {

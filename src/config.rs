@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use parley_gateway::GatewayConfig;
 use parley_registration::RegistrationConfig;
-use parley_router::MemoryConfig;
 use parley_router::ratelimit::Rate;
+use parley_router::{JournalConfig, MemoryConfig};
 use serde::Deserialize;
 
 /// Parley messenger server: gateway, router and registration in one process.
@@ -84,6 +84,19 @@ pub enum LogFormat {
     Human,
     /// One JSON object per event, for log collectors.
     Json,
+}
+
+/// What a server ack promises (docs/guarantees.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every accepted message, receipt and acknowledgement is in the
+    /// journal, synced to disk (one fsync per batch), before anyone is told.
+    #[default]
+    Fsync,
+    /// Queues only in memory: faster acks, but a crash or restart loses
+    /// every queued message and receipt.
+    Memory,
 }
 
 /// Every setting, each optional so that flags, environment and file can be
@@ -255,6 +268,20 @@ pub struct Settings {
     /// Log format. Levels come from RUST_LOG (default: info).
     #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// What a server ack promises: `fsync` (journaled and synced before the
+    /// ack) or `memory` (a crash loses queued messages). [default: fsync]
+    #[arg(long, env = "PARLEY_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+
+    /// The journal file. Put it on a disk of its own in production.
+    /// [default: <data-dir>/journal.redb]
+    #[arg(long, env = "PARLEY_JOURNAL_PATH", value_name = "PATH")]
+    pub journal_path: Option<PathBuf>,
+
+    /// The journal's page cache in MiB. [default: 64]
+    #[arg(long, env = "PARLEY_JOURNAL_CACHE_MIB", value_name = "MIB")]
+    pub journal_cache_mib: Option<usize>,
 }
 
 impl Settings {
@@ -300,6 +327,9 @@ impl Settings {
                 .or(lower.verifies_per_ip_per_minute),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             log_format: self.log_format.or(lower.log_format),
+            durability: self.durability.or(lower.durability),
+            journal_path: self.journal_path.or(lower.journal_path),
+            journal_cache_mib: self.journal_cache_mib.or(lower.journal_cache_mib),
         }
     }
 }
@@ -324,6 +354,8 @@ pub struct Config {
     pub tls: TlsSource,
     pub gateway: GatewayConfig,
     pub router: MemoryConfig,
+    /// `None` in memory-only durability.
+    pub journal: Option<JournalConfig>,
     pub registration: RegistrationConfig,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -400,6 +432,7 @@ impl Config {
         let max_connections = at_least_one("max_connections", s.max_connections, 100_000);
         let window = at_least_one("delivery_window", s.delivery_window, 64);
         let dedupe_horizon = at_least_one("dedupe_horizon", s.dedupe_horizon, 128);
+        let journal_cache_mib = at_least_one("journal_cache_mib", s.journal_cache_mib, 64);
         let defaults = MemoryConfig::default();
         let max_queued_messages = at_least_one(
             "mailbox_max_messages",
@@ -450,6 +483,16 @@ impl Config {
                 parley_proto::limits::MAX_BODY_BYTES
             ));
         }
+        let journal = match s.durability.unwrap_or_default() {
+            Durability::Memory => None,
+            Durability::Fsync => Some(JournalConfig {
+                path: s
+                    .journal_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("journal.redb")),
+                cache_bytes: journal_cache_mib.saturating_mul(1024 * 1024),
+            }),
+        };
         let message_ttl_days = s.message_ttl_days.unwrap_or(30);
         if message_ttl_days == 0 {
             problems.push("message_ttl_days must be at least 1".to_owned());
@@ -520,6 +563,7 @@ impl Config {
             registration,
             shutdown_grace,
             log_format: s.log_format.unwrap_or_default(),
+            journal,
         })
     }
 }

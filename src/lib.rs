@@ -118,7 +118,33 @@ pub async fn run(
         .context("account database")?;
     let keys = Arc::new(TokenKeys::load_or_generate(&data_dir.join("keys")).context("token keys")?);
     let mut metrics = Metrics::default();
-    let router = MemoryRouter::with_metrics(config.router.clone(), metrics.router.clone());
+    let router = match config.journal.clone() {
+        None => {
+            tracing::warn!("durability is memory-only: a crash or restart loses queued messages");
+            MemoryRouter::with_metrics(config.router.clone(), metrics.router.clone())
+        }
+        Some(journal) => {
+            let (router_config, router_metrics) = (config.router.clone(), metrics.router.clone());
+            let started = std::time::Instant::now();
+            // Reads the whole journal: blocking, and before any traffic.
+            let (router, restored) = tokio::task::spawn_blocking(move || {
+                MemoryRouter::open(router_config, router_metrics, &journal)
+            })
+            .await
+            .context("journal replay task")?
+            .context("journal")?;
+            tracing::info!(
+                messages = restored.messages,
+                receipts = restored.receipts,
+                sends = restored.sends,
+                file_bytes = restored.file_bytes.1,
+                compacted_from = restored.file_bytes.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "journal replayed"
+            );
+            router
+        }
+    };
     let outbox = data_dir.join("outbox.jsonl");
     let registration = RegistrationState::new(
         store.clone(),
@@ -157,8 +183,6 @@ pub async fn run(
         outbox = %outbox.display(),
         "parley is serving"
     );
-    // A stable line on stdout for scripts and tests to wait for.
-    println!("parley ready gateway={gateway_addr} http={http_addr} admin={admin_addr}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -180,7 +204,7 @@ pub async fn run(
     let tick_task = tokio::spawn(admin::tick(
         metrics,
         registration_metrics,
-        router,
+        router.clone(),
         stop_rx.clone(),
     ));
     // The admin listener outlives the drain, so the node can be watched
@@ -192,6 +216,9 @@ pub async fn run(
             .await
     });
     ready.store(true, Ordering::Relaxed);
+    // A stable line on stdout for scripts and tests to wait for, once every
+    // listener is served and the node reports ready.
+    println!("parley ready gateway={gateway_addr} http={http_addr} admin={admin_addr}");
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -201,6 +228,9 @@ pub async fn run(
     gateway.context("gateway task")?;
     http.context("https task")?;
     tick.context("metrics task")?;
+    // Sessions are closed: whatever they changed is written before exit.
+    router.flush().await;
+    drop(router);
     let _ = admin_stop_tx.send(true);
     admin_task
         .await

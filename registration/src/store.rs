@@ -294,10 +294,11 @@ impl AccountStore {
         if let Some(&newest) = recent.first() {
             wait_ms = wait_ms.max(newest.saturating_add(millis(policy.interval)) - now_ms);
         }
-        if policy.per_day > 0 && recent.len() >= policy.per_day as usize {
-            if let Some(&oldest) = recent.last() {
-                wait_ms = wait_ms.max(oldest.saturating_add(millis(CODE_WINDOW)) - now_ms);
-            }
+        if policy.per_day > 0
+            && recent.len() >= policy.per_day as usize
+            && let Some(&oldest) = recent.last()
+        {
+            wait_ms = wait_ms.max(oldest.saturating_add(millis(CODE_WINDOW)) - now_ms);
         }
         if wait_ms > 0 {
             tx.rollback().await?;

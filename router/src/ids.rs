@@ -36,6 +36,14 @@ impl IdGenerator {
     }
 }
 
+impl IdGenerator {
+    /// Never hands out `id` or anything below it (ids read back from the
+    /// journal, in case the clock went back across a restart).
+    pub(crate) fn resume_after(&self, id: u64) {
+        self.last.fetch_max(id, Ordering::Relaxed);
+    }
+}
+
 /// When the id was taken, in milliseconds since the Unix epoch.
 pub(crate) fn accepted_at_ms(id: u64) -> u64 {
     id >> COUNTER_BITS

@@ -8,6 +8,7 @@
 //!
 //! Modules:
 //! - [`memory`]: the single-node backend, all state in process memory.
+//! - [`journal`]: the memory backend's write-ahead journal on local disk.
 //! - [`metrics`]: what the router counts.
 //! - [`ratelimit`]: token buckets for the message path's rate limits.
 //! - `mailbox`: one device's queue, its delivery window and its
@@ -23,6 +24,7 @@
 
 mod frames;
 mod ids;
+pub mod journal;
 mod mailbox;
 pub mod memory;
 pub mod metrics;
@@ -34,7 +36,8 @@ use bytes::Bytes;
 use parley_proto::v1::CloseReason;
 use tokio::sync::{mpsc, oneshot};
 
-pub use memory::{Census, MemoryConfig, MemoryRouter};
+pub use journal::{JournalConfig, JournalError};
+pub use memory::{Census, MemoryConfig, MemoryRouter, Restored};
 pub use metrics::RouterMetrics;
 
 /// An opaque user id (see `parley-registration`).

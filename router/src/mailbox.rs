@@ -28,6 +28,10 @@ pub(crate) struct Entry {
     pub(crate) sender: Option<UserId>,
     /// The encoded `ServerFrame` (a `Deliver` or a `Receipt`).
     pub(crate) frame: Bytes,
+    /// Written to the journal (always, without one). Only durable entries
+    /// are pushed to a session, and the first one that is not holds back
+    /// everything after it, so order is kept.
+    pub(crate) durable: bool,
 }
 
 /// The router's end of a live session.
@@ -201,28 +205,36 @@ impl Mailbox {
         // change meanwhile (no clone of the sender per call).
         let Some(live) = &self.live else { return };
         let mut gone = false;
-        while self.in_flight < window && self.in_flight < self.queue.len() {
-            if live
-                .frames
-                .try_send(self.queue[self.in_flight].frame.clone())
-                .is_err()
-            {
+        while self.in_flight < window {
+            let Some(next) = self.queue.get(self.in_flight).filter(|e| e.durable) else {
+                break;
+            };
+            if live.frames.try_send(next.frame.clone()).is_err() {
                 gone = true;
                 break;
             }
             self.in_flight += 1;
         }
-        if !gone {
-            if let Marker::After(last) = self.marker {
-                let drained = self.queue.get(self.in_flight).is_none_or(|e| e.id > last);
-                if drained {
-                    self.marker = Marker::Done;
-                    gone = live.frames.try_send(frames::queue_empty()).is_err();
-                }
+        if !gone && let Marker::After(last) = self.marker {
+            let drained = self.queue.get(self.in_flight).is_none_or(|e| e.id > last);
+            if drained {
+                self.marker = Marker::Done;
+                gone = live.frames.try_send(frames::queue_empty()).is_err();
             }
         }
         if gone {
             self.drop_live();
+        }
+    }
+
+    /// The journal has written the entry `id`: it may be pushed now.
+    pub(crate) fn mark_durable(&mut self, id: u64, window: usize) {
+        if let Ok(at) = self.queue.binary_search_by_key(&id, |e| e.id) {
+            self.queue[at].durable = true;
+            // Only the entry at the window's edge can unblock anything.
+            if at == self.in_flight {
+                self.pump(window);
+            }
         }
     }
 
@@ -247,7 +259,8 @@ impl Mailbox {
 
     /// Remembers the ack of a message `device` sent. A different device of
     /// the same user (after a re-registration) starts a new log: its
-    /// `client_msg_id`s are a new sequence.
+    /// `client_msg_id`s are a new sequence. Returns the message ids of the
+    /// sends no longer remembered (for the journal to forget too).
     pub(crate) fn record_sent(
         &mut self,
         device: DeviceId,
@@ -255,21 +268,29 @@ impl Mailbox {
         message_id: u64,
         timestamp_ms: u64,
         horizon: usize,
-    ) {
+    ) -> Vec<u64> {
+        let mut forgotten = Vec::new();
         if self.sent.device != device {
-            self.sent = SentLog {
-                device,
-                recent: VecDeque::new(),
-            };
+            let old = std::mem::replace(
+                &mut self.sent,
+                SentLog {
+                    device,
+                    recent: VecDeque::new(),
+                },
+            );
+            forgotten.extend(old.recent.iter().map(|s| s.message_id));
         }
-        if self.sent.recent.len() >= horizon {
-            self.sent.recent.pop_front();
+        while self.sent.recent.len() >= horizon.max(1) {
+            if let Some(old) = self.sent.recent.pop_front() {
+                forgotten.push(old.message_id);
+            }
         }
         self.sent.recent.push_back(Sent {
             client_msg_id,
             message_id,
             timestamp_ms,
         });
+        forgotten
     }
 
     /// Nothing queued, no session, nothing to remember: the mailbox can go.

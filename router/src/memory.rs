@@ -10,15 +10,22 @@
 //! two sends can never deadlock, for the whole check-queue-record step: two
 //! sessions of one device racing with the same `client_msg_id` cannot both
 //! queue it.
+//!
+//! With a [journal](crate::journal) (the default in the server), every
+//! change is also handed to the journal's committer while the lock that
+//! made it is held, so the journal sees each mailbox's changes in the order
+//! memory did. New entries wait in their queue, not yet deliverable, until
+//! their commit is durable; a send returns only then.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use parley_proto::v1::{CloseReason, ReceiptKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::{IdGenerator, accepted_at_ms, now_ms};
+use crate::journal::{Journal, JournalConfig, JournalError, Op, QueuedRecord, SentRecord};
 use crate::mailbox::{Entry, Live, Mailbox};
 use crate::metrics::{Kind, KindLabel, RouterMetrics};
 use crate::{
@@ -84,6 +91,26 @@ struct Inner {
     /// Session ids, only to tell sessions of one device apart.
     sessions: AtomicU64,
     metrics: RouterMetrics,
+    /// `None`: memory-only (a crash loses what is queued).
+    journal: Option<Journal>,
+}
+
+/// What [`MemoryRouter::open`] read back from the journal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Messages queued again, and receipts.
+    pub messages: usize,
+    pub receipts: usize,
+    /// Recent sends remembered again for de-duplication.
+    pub sends: usize,
+    /// The journal file's size as found, and after compaction.
+    pub file_bytes: (u64, u64),
+}
+
+/// A send's server ack, now or once the journal has it.
+enum Pending {
+    Now(Accepted),
+    Durable(Accepted, oneshot::Receiver<()>),
 }
 
 /// A count of what the router holds, taken shard by shard (so not an
@@ -105,19 +132,152 @@ impl MemoryRouter {
         Self::with_metrics(config, RouterMetrics::default())
     }
 
-    /// A router counting into `metrics`.
+    /// A memory-only router counting into `metrics`: a crash loses
+    /// whatever is queued.
     pub fn with_metrics(config: MemoryConfig, metrics: RouterMetrics) -> Self {
-        let shards = (0..config.shards.max(1))
-            .map(|_| Mutex::new(Shard::new()))
-            .collect();
+        let inner = Inner {
+            shards: Self::shards(&config),
+            config,
+            ids: IdGenerator::default(),
+            sessions: AtomicU64::new(0),
+            metrics,
+            journal: None,
+        };
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// A router whose every change is journaled at `journal`: opens the
+    /// journal, queues again everything it holds (in order) and starts its
+    /// committer. Blocking (reads the whole journal): call it before taking
+    /// traffic, off the async runtime's workers.
+    pub fn open(
+        config: MemoryConfig,
+        metrics: RouterMetrics,
+        journal: &JournalConfig,
+    ) -> Result<(Self, Restored), JournalError> {
+        let (db, replayed) = Journal::open(journal)?;
+        let mut failed = None;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let weak = weak.clone();
+            let on_durable = Box::new(move |entries: &[(UserId, u64)]| {
+                if let Some(inner) = weak.upgrade() {
+                    MemoryRouter { inner }.mark_durable(entries);
+                }
+            });
+            let started = Journal::start(db, journal, on_durable, metrics.journal.clone());
+            Inner {
+                shards: Self::shards(&config),
                 config,
-                shards,
                 ids: IdGenerator::default(),
                 sessions: AtomicU64::new(0),
                 metrics,
-            }),
+                journal: started.map_err(|e| failed = Some(e)).ok(),
+            }
+        });
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        let router = Self { inner };
+        let restored = router.restore(replayed);
+        Ok((router, restored))
+    }
+
+    fn shards(config: &MemoryConfig) -> Box<[Mutex<Shard>]> {
+        (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::new()))
+            .collect()
+    }
+
+    /// Queues the journal's entries again and rebuilds the sends' memory.
+    fn restore(&self, replayed: crate::journal::Replayed) -> Restored {
+        let mut restored = Restored {
+            file_bytes: replayed.file_bytes,
+            ..Restored::default()
+        };
+        self.inner.ids.resume_after(replayed.max_id());
+        for record in replayed.queued {
+            if record.sender.is_some() {
+                restored.messages += 1;
+            } else {
+                restored.receipts += 1;
+            }
+            self.lock(self.shard_of(record.recipient))
+                .entry(record.recipient)
+                .or_default()
+                .push(
+                    Entry {
+                        id: record.id,
+                        sender: record.sender,
+                        frame: record.frame,
+                        durable: true,
+                    },
+                    self.window(),
+                );
+        }
+        let mut forgotten = Vec::new();
+        for sent in replayed.sent {
+            restored.sends += 1;
+            forgotten.extend(
+                self.lock(self.shard_of(sent.user))
+                    .entry(sent.user)
+                    .or_default()
+                    .record_sent(
+                        sent.device,
+                        sent.client_msg_id,
+                        sent.message_id,
+                        sent.timestamp_ms,
+                        self.inner.config.dedupe_horizon,
+                    ),
+            );
+        }
+        restored.sends -= forgotten.len();
+        if !forgotten.is_empty() {
+            self.journal(Op::Forget(forgotten));
+        }
+        restored
+    }
+
+    /// Makes journaled entries deliverable (on the committer's thread).
+    fn mark_durable(&self, entries: &[(UserId, u64)]) {
+        let window = self.window();
+        let mut at = 0;
+        while at < entries.len() {
+            // One lock for each run of entries in the same shard.
+            let shard_index = self.shard_of(entries[at].0);
+            let mut shard = self.lock(shard_index);
+            while let Some(&(user, id)) = entries.get(at) {
+                if self.shard_of(user) != shard_index {
+                    break;
+                }
+                if let Some(mailbox) = shard.get_mut(&user) {
+                    mailbox.mark_durable(id, window);
+                }
+                at += 1;
+            }
+        }
+    }
+
+    /// Hands `op` to the journal, if there is one.
+    fn journal(&self, op: Op) {
+        if let Some(journal) = &self.inner.journal {
+            journal.submit(op);
+        }
+    }
+
+    fn journaled(&self) -> bool {
+        self.inner.journal.is_some()
+    }
+
+    /// Returns once every change made so far is durable (at once without a
+    /// journal). For shutdown.
+    pub async fn flush(&self) {
+        if let Some(journal) = &self.inner.journal {
+            let (done, wait) = oneshot::channel();
+            journal.submit(Op::Barrier(done));
+            // An error means the committer is gone: nothing to wait for.
+            let _ = wait.await;
         }
     }
 
@@ -141,24 +301,32 @@ impl MemoryRouter {
         self.inner.config.window
     }
 
-    fn send_now(&self, from: Device, msg: Outgoing) -> Result<Accepted, SendError> {
+    fn send_now(&self, from: Device, msg: Outgoing) -> Result<Pending, SendError> {
         let (from_shard, to_shard) = (self.shard_of(from.user), self.shard_of(msg.to));
         let low = from_shard.min(to_shard);
         let mut first = self.lock(low);
         let mut second = (from_shard != to_shard).then(|| self.lock(from_shard.max(to_shard)));
         if let Some(sender) =
             pick(low, &mut first, second.as_deref_mut(), from_shard).get(&from.user)
-        {
-            if let Some((message_id, timestamp_ms)) =
+            && let Some((message_id, timestamp_ms)) =
                 sender.sent_before(from.device, msg.client_msg_id)
-            {
-                self.inner.metrics.messages_deduplicated.inc();
-                return Ok(Accepted {
-                    message_id,
-                    timestamp_ms,
-                    duplicate: true,
-                });
-            }
+        {
+            self.inner.metrics.messages_deduplicated.inc();
+            let accepted = Accepted {
+                message_id,
+                timestamp_ms,
+                duplicate: true,
+            };
+            // The original may still be on its way to the disk: the
+            // ack must not promise more than the first one would.
+            return Ok(match &self.inner.journal {
+                None => Pending::Now(accepted),
+                Some(journal) => {
+                    let (done, wait) = oneshot::channel();
+                    journal.submit(Op::Barrier(done));
+                    Pending::Durable(accepted, wait)
+                }
+            });
         }
 
         let config = &self.inner.config;
@@ -195,11 +363,12 @@ impl MemoryRouter {
             Entry {
                 id: message_id,
                 sender: Some(from.user),
-                frame,
+                frame: frame.clone(),
+                durable: !self.journaled(),
             },
             config.window,
         );
-        pick(low, &mut first, second.as_deref_mut(), from_shard)
+        let forgotten = pick(low, &mut first, second.as_deref_mut(), from_shard)
             .entry(from.user)
             .or_default()
             .record_sent(
@@ -210,15 +379,46 @@ impl MemoryRouter {
                 self.inner.config.dedupe_horizon,
             );
         self.inner.metrics.messages_accepted.inc();
-        Ok(Accepted {
+        let accepted = Accepted {
             message_id,
             timestamp_ms,
             duplicate: false,
-        })
+        };
+        let Some(journal) = &self.inner.journal else {
+            return Ok(Pending::Now(accepted));
+        };
+        // Still under both locks: the journal sees this mailbox's changes
+        // in the order memory made them.
+        let (done, wait) = oneshot::channel();
+        journal.submit(Op::Send {
+            message: QueuedRecord {
+                id: message_id,
+                recipient: msg.to,
+                sender: Some(from.user),
+                frame,
+            },
+            sent: SentRecord {
+                message_id,
+                user: from.user,
+                device: from.device,
+                client_msg_id: msg.client_msg_id,
+                timestamp_ms,
+            },
+            forgotten,
+            done,
+        });
+        Ok(Pending::Durable(accepted, wait))
     }
 
-    /// Queues a receipt for `to` about messages of `by`.
-    fn queue_receipt(&self, to: UserId, kind: ReceiptKind, by: UserId, message_ids: Vec<u64>) {
+    /// Queues a receipt for `to` about messages of `by`. With a journal, the
+    /// receipt waits (undeliverable) for the returned record's commit.
+    fn queue_receipt(
+        &self,
+        to: UserId,
+        kind: ReceiptKind,
+        by: UserId,
+        message_ids: Vec<u64>,
+    ) -> Option<QueuedRecord> {
         let label = match kind {
             ReceiptKind::Read => Kind::Read,
             _ => Kind::Delivered,
@@ -231,30 +431,44 @@ impl MemoryRouter {
         let mut shard = self.lock(self.shard_of(to));
         let receipt_id = self.inner.ids.next();
         let frame = frames::receipt(receipt_id, kind, by, message_ids, now_ms());
+        let journaled = self.journaled();
         shard.entry(to).or_default().push(
             Entry {
                 id: receipt_id,
                 sender: None,
-                frame,
+                frame: frame.clone(),
+                durable: !journaled,
             },
             self.window(),
         );
+        journaled.then_some(QueuedRecord {
+            id: receipt_id,
+            recipient: to,
+            sender: None,
+            frame,
+        })
     }
 
     /// Removes entries from `user`'s mailbox and pushes what the window now
-    /// has room for. Returns the removed messages' ids grouped by sender.
-    fn remove_entries(&self, user: UserId, ids: &[u64]) -> Vec<(UserId, Vec<u64>)> {
-        let mut by_sender: Vec<(UserId, Vec<u64>)> = Vec::new();
+    /// has room for. Returns the removed messages' ids grouped by sender,
+    /// and (with a journal) the ids of every entry removed.
+    fn remove_entries(&self, user: UserId, ids: &[u64]) -> Removed {
+        let mut removed = Removed::default();
         let mut shard = self.lock(self.shard_of(user));
         let Some(mailbox) = shard.get_mut(&user) else {
-            return by_sender;
+            return removed;
         };
+        let journaled = self.journaled();
+        let by_sender = &mut removed.by_sender;
         let metrics = &self.inner.metrics;
         let now = now_ms();
         for &id in ids {
             let Some(entry) = mailbox.remove(id) else {
                 continue;
             };
+            if journaled {
+                removed.ids.push(id);
+            }
             let Some(sender) = entry.sender else {
                 metrics.receipts_acknowledged.inc();
                 continue;
@@ -271,7 +485,7 @@ impl MemoryRouter {
         if mailbox.is_idle() {
             shard.remove(&user);
         }
-        by_sender
+        removed
     }
 
     /// Deletes every message and receipt accepted more than the TTL before
@@ -282,11 +496,16 @@ impl MemoryRouter {
         let cutoff = now_ms.saturating_sub(ttl_ms);
         let metrics = &self.inner.metrics;
         let mut total = 0;
+        let mut removed = Vec::new();
+        let journaled = self.journaled();
         for shard in 0..self.inner.shards.len() {
             let mut shard = self.lock(shard);
             shard.retain(|_, mailbox| {
                 for entry in mailbox.expire(cutoff) {
                     total += 1;
+                    if journaled {
+                        removed.push(entry.id);
+                    }
                     if entry.sender.is_some() {
                         metrics.messages_expired.inc();
                     } else {
@@ -295,6 +514,12 @@ impl MemoryRouter {
                 }
                 mailbox.pump(self.inner.config.window);
                 !mailbox.is_idle()
+            });
+        }
+        if !removed.is_empty() {
+            self.journal(Op::Change {
+                removed,
+                receipts: Vec::new(),
             });
         }
         total
@@ -336,6 +561,13 @@ impl MemoryRouter {
             .get(&user)
             .map_or(0, Mailbox::len)
     }
+}
+
+/// What [`MemoryRouter::remove_entries`] removed.
+#[derive(Default)]
+struct Removed {
+    by_sender: Vec<(UserId, Vec<u64>)>,
+    ids: Vec<u64>,
 }
 
 /// The shard guard for `shard`, of the one or two locked in [`MemoryRouter::send_now`].
@@ -387,12 +619,32 @@ impl Router for MemoryRouter {
     }
 
     async fn send(&self, from: Device, msg: Outgoing) -> Result<Accepted, SendError> {
-        self.send_now(from, msg)
+        match self.send_now(from, msg)? {
+            Pending::Now(accepted) => Ok(accepted),
+            Pending::Durable(accepted, wait) => match wait.await {
+                Ok(()) => Ok(accepted),
+                Err(_) => Err(SendError::Router(RouterError::Unavailable(
+                    "the journal has stopped".to_owned(),
+                ))),
+            },
+        }
     }
 
     async fn ack_delivery(&self, device: Device, message_ids: &[u64]) -> Result<(), RouterError> {
-        for (sender, ids) in self.remove_entries(device.user, message_ids) {
-            self.queue_receipt(sender, ReceiptKind::Delivered, device.user, ids);
+        let removed = self.remove_entries(device.user, message_ids);
+        let receipts: Vec<QueuedRecord> = removed
+            .by_sender
+            .into_iter()
+            .filter_map(|(sender, ids)| {
+                self.queue_receipt(sender, ReceiptKind::Delivered, device.user, ids)
+            })
+            .collect();
+        if !removed.ids.is_empty() {
+            // The deletes and the receipts they produced, in one commit.
+            self.journal(Op::Change {
+                removed: removed.ids,
+                receipts,
+            });
         }
         Ok(())
     }
@@ -403,14 +655,26 @@ impl Router for MemoryRouter {
         to: UserId,
         message_ids: Vec<u64>,
     ) -> Result<(), RouterError> {
-        if !message_ids.is_empty() {
-            self.queue_receipt(to, ReceiptKind::Read, device.user, message_ids);
+        if !message_ids.is_empty()
+            && let Some(receipt) =
+                self.queue_receipt(to, ReceiptKind::Read, device.user, message_ids)
+        {
+            self.journal(Op::Change {
+                removed: Vec::new(),
+                receipts: vec![receipt],
+            });
         }
         Ok(())
     }
 
     async fn ack_receipts(&self, device: Device, receipt_ids: &[u64]) -> Result<(), RouterError> {
-        self.remove_entries(device.user, receipt_ids);
+        let removed = self.remove_entries(device.user, receipt_ids);
+        if !removed.ids.is_empty() {
+            self.journal(Op::Change {
+                removed: removed.ids,
+                receipts: Vec::new(),
+            });
+        }
         Ok(())
     }
 

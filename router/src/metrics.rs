@@ -46,6 +46,37 @@ pub struct RouterMetrics {
     pub deepest_mailbox: Gauge,
     /// Age in seconds of the oldest queued entry, from the last census.
     pub oldest_queued_seconds: Gauge,
+    /// The journal's commits (none in memory-only mode).
+    pub journal: JournalMetrics,
+}
+
+/// What the journal's committer counts.
+#[derive(Clone, Debug)]
+pub struct JournalMetrics {
+    /// Durable commits (each one `fsync`).
+    pub commits: Counter,
+    /// Records put or deleted.
+    pub changes: Counter,
+    /// Ops (sends, acks, receipts) per commit: how well commits are grouped.
+    pub batch_ops: Histogram,
+    /// Time to write and sync one commit.
+    pub commit_seconds: Histogram,
+    /// Failed commits (each retried until it succeeds).
+    pub errors: Counter,
+}
+
+impl Default for JournalMetrics {
+    fn default() -> Self {
+        Self {
+            commits: Counter::default(),
+            changes: Counter::default(),
+            batch_ops: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+            commit_seconds: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ]),
+            errors: Counter::default(),
+        }
+    }
 }
 
 impl Default for RouterMetrics {
@@ -81,6 +112,7 @@ impl Default for RouterMetrics {
             mailboxes: Gauge::default(),
             deepest_mailbox: Gauge::default(),
             oldest_queued_seconds: Gauge::default(),
+            journal: JournalMetrics::default(),
         }
     }
 }
@@ -149,6 +181,33 @@ impl RouterMetrics {
             "Age of the oldest queued entry (last census)",
             prometheus_client::registry::Unit::Seconds,
             self.oldest_queued_seconds.clone(),
+        );
+        let journal = &self.journal;
+        registry.register(
+            "journal_commits",
+            "Durable journal commits (one fsync each)",
+            journal.commits.clone(),
+        );
+        registry.register(
+            "journal_changes",
+            "Journal records put or deleted",
+            journal.changes.clone(),
+        );
+        registry.register(
+            "journal_batch_ops",
+            "Sends, acks and receipts written per journal commit",
+            journal.batch_ops.clone(),
+        );
+        registry.register_with_unit(
+            "journal_commit",
+            "Time to write and sync one journal commit",
+            prometheus_client::registry::Unit::Seconds,
+            journal.commit_seconds.clone(),
+        );
+        registry.register(
+            "journal_errors",
+            "Failed journal commits (retried until they succeed)",
+            journal.errors.clone(),
         );
     }
 }

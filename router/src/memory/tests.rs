@@ -427,9 +427,128 @@ async fn a_recipient_receives_at_most_its_inbound_rate() {
         .expect("refilled");
 }
 
+fn journaled(path: &std::path::Path) -> (MemoryRouter, Restored) {
+    MemoryRouter::open(
+        MemoryConfig {
+            window: 8,
+            dedupe_horizon: 4,
+            shards: 4,
+            ..MemoryConfig::default()
+        },
+        RouterMetrics::default(),
+        &JournalConfig::at(path),
+    )
+    .expect("journal opens")
+}
+
+#[tokio::test]
+async fn a_restart_queues_again_what_was_not_acknowledged_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, restored) = journaled(&path);
+    assert_eq!(
+        restored,
+        Restored {
+            file_bytes: restored.file_bytes,
+            ..Restored::default()
+        }
+    );
+    for (id, body) in [(1, "one"), (2, "two"), (3, "three")] {
+        r.send(A, msg(id, B.user, body)).await.expect("accepted");
+    }
+    let mut b = r.attach(B).await.expect("attach");
+    let first = delivered_ids(&drain(&mut b))[0];
+    r.ack_delivery(B, &[first]).await.expect("ack");
+    r.mark_read(B, A.user, vec![first]).await.expect("read");
+    r.flush().await;
+    drop((r, b));
+
+    let (r, restored) = journaled(&path);
+    // Two messages, a DELIVERED and a READ receipt for A, three sends.
+    assert_eq!(
+        (restored.messages, restored.receipts, restored.sends),
+        (2, 2, 3)
+    );
+    let mut b = r.attach(B).await.expect("attach");
+    let frames = drain(&mut b);
+    assert_eq!(bodies(&frames), ["two", "three"]);
+    assert!(matches!(frames.last(), Some(Frame::QueueEmpty(_))));
+    let mut a = r.attach(A).await.expect("attach");
+    let kinds: Vec<i32> = drain(&mut a)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Receipt(receipt) => Some(receipt.kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [ReceiptKind::Delivered as i32, ReceiptKind::Read as i32]
+    );
+    // New ids sort after the journal's, so new messages queue behind.
+    r.send(A, msg(4, B.user, "four")).await.expect("accepted");
+    assert_eq!(bodies(&drain(&mut b)), ["four"]);
+}
+
+#[tokio::test]
+async fn a_resend_after_a_restart_is_answered_with_the_original_ack_even_once_delivered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, _) = journaled(&path);
+    let original = r.send(A, msg(7, B.user, "hi")).await.expect("accepted");
+    let mut b = r.attach(B).await.expect("attach");
+    r.ack_delivery(B, &delivered_ids(&drain(&mut b)))
+        .await
+        .expect("ack");
+    r.flush().await;
+    drop((r, b));
+
+    let (r, restored) = journaled(&path);
+    assert_eq!(restored.messages, 0, "the acked message is gone");
+    let again = r.send(A, msg(7, B.user, "hi")).await.expect("answered");
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, original.message_id);
+    let mut b = r.attach(B).await.expect("attach");
+    assert!(bodies(&drain(&mut b)).is_empty(), "never delivered twice");
+}
+
+#[tokio::test]
+async fn the_journal_forgets_sends_past_the_horizon_and_expired_entries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, _) = journaled(&path);
+    for id in 1..=10 {
+        r.send(A, msg(id, B.user, "x")).await.expect("accepted");
+    }
+    // Everything queued is older than "now + TTL".
+    let far_future = now_ms() + 31 * 24 * 3600 * 1000;
+    assert_eq!(r.expire(far_future), 10);
+    r.flush().await;
+    drop(r);
+
+    let (_r, restored) = journaled(&path);
+    assert_eq!(restored.messages, 0, "expired messages are deleted");
+    assert_eq!(restored.sends, 4, "only the horizon's sends are kept");
+}
+
+#[tokio::test]
+async fn a_journal_from_elsewhere_is_refused_not_guessed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    std::fs::write(&path, b"not a redb file at all, but long enough to look at").expect("write");
+    let error = MemoryRouter::open(
+        MemoryConfig::default(),
+        RouterMetrics::default(),
+        &JournalConfig::at(&path),
+    )
+    .expect_err("refused");
+    assert!(error.to_string().contains("journal.redb"), "{error}");
+}
+
 mod properties {
-    //! Any interleaving of sends (fresh and resent), acks, reads and
-    //! reconnects keeps the promises of the protocol.
+    //! Any interleaving of sends (fresh and resent), acks, reads,
+    //! reconnects and (with a journal) restarts keeps the promises of the
+    //! protocol.
     use super::*;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, HashMap, HashSet};
@@ -448,6 +567,9 @@ mod properties {
         Reconnect,
         /// The recipient goes offline for a while.
         Disconnect,
+        /// The server stops and starts again on its journal (journaled
+        /// routers only).
+        Restart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -479,95 +601,182 @@ mod properties {
             ops in proptest::collection::vec(op(), 1..120),
             window in 1usize..6,
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-            rt.block_on(async move {
-                let r = router(window);
-                // What each sender sent: client_msg_id -> message id.
-                let mut sent: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
-                let mut session: Option<Attached> = Some(r.attach(R).await.expect("the memory router does not fail"));
-                // Deliveries the recipient holds but has not acked yet.
-                let mut holding: Vec<u64> = Vec::new();
-                // What the recipient has stored, by message id.
-                let mut stored: HashSet<u64> = HashSet::new();
-                let mut stored_order: Vec<(u64, u64)> = Vec::new(); // (sender, message id)
-
-                let mut take = |session: &mut Option<Attached>, holding: &mut Vec<u64>| {
-                    if let Some(s) = session.as_mut() {
-                        for f in drain(s) {
-                            if let Frame::Deliver(d) = f {
-                                assert!(!holding.contains(&d.message_id),
-                                    "a delivery is pushed twice to one session");
-                                holding.push(d.message_id);
-                                if stored.insert(d.message_id) {
-                                    stored_order.push((d.from_user, d.message_id));
-                                }
-                            }
-                        }
-                    }
-                };
-
-                for op in ops {
-                    match op {
-                        Op::Send(s) => {
-                            let id = sent[s].len() as u64 + 1;
-                            let ack = r.send(sender(s), msg(id, R.user, "x")).await.expect("the memory router does not fail");
-                            assert!(!ack.duplicate);
-                            sent[s].push((id, ack.message_id));
-                        }
-                        Op::Resend(s, k) => {
-                            // Resends within the dedupe horizon (8) get the original ack.
-                            if let Some(&(cmid, mid)) = sent[s].iter().rev().nth(k) {
-                                let ack = r.send(sender(s), msg(cmid, R.user, "x")).await.expect("the memory router does not fail");
-                                assert!(ack.duplicate);
-                                assert_eq!(ack.message_id, mid);
-                            }
-                        }
-                        Op::Ack(k) => {
-                            if !holding.is_empty() {
-                                let id = holding.remove(k % holding.len());
-                                r.ack_delivery(R, &[id]).await.expect("the memory router does not fail");
-                            }
-                        }
-                        Op::AckAll => {
-                            let ids: Vec<u64> = std::mem::take(&mut holding);
-                            r.ack_delivery(R, &ids).await.expect("the memory router does not fail");
-                        }
-                        Op::Reconnect => {
-                            if let Some(s) = session.take() { r.detach(R, s.id).await; }
-                            holding.clear();
-                            session = Some(r.attach(R).await.expect("the memory router does not fail"));
-                        }
-                        Op::Disconnect => {
-                            if let Some(s) = session.take() { r.detach(R, s.id).await; }
-                            holding.clear();
-                        }
-                    }
-                    take(&mut session, &mut holding);
-                }
-
-                // Finally the recipient comes online and drains everything.
-                if session.is_none() { session = Some(r.attach(R).await.expect("the memory router does not fail")); }
-                for _ in 0..10_000 {
-                    take(&mut session, &mut holding);
-                    if holding.is_empty() { break; }
-                    let ids = std::mem::take(&mut holding);
-                    r.ack_delivery(R, &ids).await.expect("the memory router does not fail");
-                }
-                assert_eq!(r.queued(R.user), 0, "everything acked is wiped");
-
-                // Nothing accepted is lost, nothing is stored twice.
-                let accepted: HashSet<u64> = sent.iter().flatten().map(|&(_, m)| m).collect();
-                assert_eq!(&accepted, &stored);
-                // Per-sender order: first deliveries come in sending order.
-                let mut per_sender: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-                for (from, id) in &stored_order { per_sender.entry(*from).or_default().push(*id); }
-                let sent_order: HashMap<u64, Vec<u64>> = (0..3)
-                    .map(|s| (sender(s).user, sent[s].iter().map(|&(_, m)| m).collect()))
-                    .collect();
-                for (from, got) in per_sender {
-                    assert_eq!(&got, &sent_order[&from]);
-                }
-            });
+            check(&ops, window, None);
         }
+    }
+
+    proptest! {
+        // Every send is an fsync: fewer cases than the memory-only property.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn order_delivery_and_deduplication_hold_across_restarts(
+            ops in proptest::collection::vec(journaled_op(), 1..100),
+            window in 1usize..6,
+        ) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            check(&ops, window, Some(&dir.path().join("journal.redb")));
+        }
+    }
+
+    fn journaled_op() -> impl Strategy<Value = Op> {
+        prop_oneof![10 => op(), 1 => Just(Op::Restart)]
+    }
+
+    fn open(window: usize, journal: Option<&std::path::Path>) -> MemoryRouter {
+        let config = MemoryConfig {
+            window,
+            dedupe_horizon: 8,
+            shards: 4,
+            ..MemoryConfig::default()
+        };
+        match journal {
+            None => MemoryRouter::new(config),
+            Some(path) => {
+                MemoryRouter::open(config, RouterMetrics::default(), &JournalConfig::at(path))
+                    .expect("journal opens")
+                    .0
+            }
+        }
+    }
+
+    /// Runs `ops` against a router (journaled at `journal`, restarted at
+    /// each [`Op::Restart`], or memory-only) and checks the promises.
+    fn check(ops: &[Op], window: usize, journal: Option<&std::path::Path>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut r = open(window, journal);
+            // What each sender sent: client_msg_id -> message id.
+            let mut sent: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
+            let mut session: Option<Attached> =
+                Some(r.attach(R).await.expect("the memory router does not fail"));
+            // Deliveries the recipient holds but has not acked yet.
+            let mut holding: Vec<u64> = Vec::new();
+            // What the recipient has stored, by message id.
+            let mut stored: HashSet<u64> = HashSet::new();
+            let mut stored_order: Vec<(u64, u64)> = Vec::new(); // (sender, message id)
+
+            let mut take = |session: &mut Option<Attached>, holding: &mut Vec<u64>| {
+                if let Some(s) = session.as_mut() {
+                    for f in drain(s) {
+                        if let Frame::Deliver(d) = f {
+                            assert!(
+                                !holding.contains(&d.message_id),
+                                "a delivery is pushed twice to one session"
+                            );
+                            holding.push(d.message_id);
+                            if stored.insert(d.message_id) {
+                                stored_order.push((d.from_user, d.message_id));
+                            }
+                        }
+                    }
+                }
+            };
+
+            for op in ops.iter().cloned() {
+                match op {
+                    Op::Send(s) => {
+                        let id = sent[s].len() as u64 + 1;
+                        let ack = r
+                            .send(sender(s), msg(id, R.user, "x"))
+                            .await
+                            .expect("the memory router does not fail");
+                        assert!(!ack.duplicate);
+                        sent[s].push((id, ack.message_id));
+                    }
+                    Op::Resend(s, k) => {
+                        // Resends within the dedupe horizon (8) get the original ack.
+                        if let Some(&(cmid, mid)) = sent[s].iter().rev().nth(k) {
+                            let ack = r
+                                .send(sender(s), msg(cmid, R.user, "x"))
+                                .await
+                                .expect("the memory router does not fail");
+                            assert!(ack.duplicate);
+                            assert_eq!(ack.message_id, mid);
+                        }
+                    }
+                    Op::Ack(k) => {
+                        if !holding.is_empty() {
+                            let id = holding.remove(k % holding.len());
+                            r.ack_delivery(R, &[id])
+                                .await
+                                .expect("the memory router does not fail");
+                        }
+                    }
+                    Op::AckAll => {
+                        let ids: Vec<u64> = std::mem::take(&mut holding);
+                        r.ack_delivery(R, &ids)
+                            .await
+                            .expect("the memory router does not fail");
+                    }
+                    Op::Reconnect => {
+                        if let Some(s) = session.take() {
+                            r.detach(R, s.id).await;
+                        }
+                        holding.clear();
+                        session = Some(r.attach(R).await.expect("the memory router does not fail"));
+                    }
+                    Op::Disconnect => {
+                        if let Some(s) = session.take() {
+                            r.detach(R, s.id).await;
+                        }
+                        holding.clear();
+                    }
+                    Op::Restart => {
+                        // Memory-only routers lose their queues: nothing to check.
+                        let Some(path) = journal else { continue };
+                        drop(session.take());
+                        holding.clear();
+                        drop(std::mem::take(&mut r));
+                        r = open(window, Some(path));
+                        session = Some(r.attach(R).await.expect("the memory router does not fail"));
+                    }
+                }
+                take(&mut session, &mut holding);
+            }
+
+            // Finally the recipient comes online and drains everything.
+            if session.is_none() {
+                session = Some(r.attach(R).await.expect("the memory router does not fail"));
+            }
+            for _ in 0..10_000 {
+                take(&mut session, &mut holding);
+                if holding.is_empty() {
+                    break;
+                }
+                let ids = std::mem::take(&mut holding);
+                r.ack_delivery(R, &ids)
+                    .await
+                    .expect("the memory router does not fail");
+            }
+            assert_eq!(r.queued(R.user), 0, "everything acked is wiped");
+            if let Some(path) = journal {
+                // ... from the journal too: a restart delivers nothing again.
+                drop(session.take());
+                drop(std::mem::take(&mut r));
+                r = open(window, Some(path));
+                assert_eq!(
+                    r.queued(R.user),
+                    0,
+                    "acked messages are gone from the journal"
+                );
+            }
+
+            // Nothing accepted is lost, nothing is stored twice.
+            let accepted: HashSet<u64> = sent.iter().flatten().map(|&(_, m)| m).collect();
+            assert_eq!(&accepted, &stored);
+            // Per-sender order: first deliveries come in sending order.
+            let mut per_sender: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            for (from, id) in &stored_order {
+                per_sender.entry(*from).or_default().push(*id);
+            }
+            let sent_order: HashMap<u64, Vec<u64>> = (0..3)
+                .map(|s| (sender(s).user, sent[s].iter().map(|&(_, m)| m).collect()))
+                .collect();
+            for (from, got) in per_sender {
+                assert_eq!(&got, &sent_order[&from]);
+            }
+        });
     }
 }
