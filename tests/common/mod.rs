@@ -4,11 +4,12 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use parley_client::{Credential, Registration, Session};
@@ -25,26 +26,38 @@ pub struct TestServer {
     pub admin: SocketAddr,
     pub data_dir: tempfile::TempDir,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The extra flags it was started with, for [`TestServer::restart`].
+    args: Vec<String>,
     next_phone: std::sync::atomic::AtomicU32,
 }
 
-impl TestServer {
-    pub fn start() -> TestServer {
-        TestServer::start_with(&[])
-    }
+/// How long a start (or restart) may take before the test gives up on it.
+const STARTUP: Duration = Duration::from_secs(30);
 
-    /// Starts `parley` on ephemeral loopback ports with extra flags, and
-    /// waits for its ready line.
-    pub fn start_with(args: &[&str]) -> TestServer {
-        TestServer::start_in(tempfile::tempdir().expect("temp data dir"), args)
-    }
+/// One `parley` process that has printed its ready line.
+struct Process {
+    child: Child,
+    gateway: SocketAddr,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
 
-    /// Starts `parley` on a data directory prepared by the test.
-    pub fn start_in(data_dir: tempfile::TempDir, args: &[&str]) -> TestServer {
-        let log = std::fs::File::create(data_dir.path().join("server.log")).expect("log file");
+impl Process {
+    /// Spawns `parley` on `data_dir` and ephemeral loopback ports, and waits
+    /// (at most [`STARTUP`]) for its ready line. Its stderr is appended to
+    /// `<data_dir>/server.log`, so the log of every start of one data
+    /// directory is in one file.
+    fn spawn(data_dir: &Path, args: &[String]) -> Process {
+        let log_path = data_dir.join("server.log");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        writeln!(log, "---- test harness: starting parley ----").expect("log marker");
         let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
             .args(["--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .args([
                 "--gateway-addr",
                 "127.0.0.1:0",
@@ -61,16 +74,28 @@ impl TestServer {
             .spawn()
             .expect("parley starts");
         let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("parley ready") => break line,
-                Some(Ok(_)) => continue,
-                _ => {
-                    let log = std::fs::read_to_string(data_dir.path().join("server.log"))
-                        .unwrap_or_default();
-                    panic!("parley exited before it was ready:\n{log}");
-                }
+        // A thread reads stdout so that the wait for the ready line can be
+        // bounded. It then drains stdout until parley exits, so that nothing
+        // parley prints later meets a closed pipe.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            if let Some(ready) = lines.by_ref().find(|line| line.starts_with("parley ready")) {
+                let _ = ready_tx.send(ready);
+            }
+            lines.for_each(drop);
+        });
+        let ready = match ready_rx.recv_timeout(STARTUP) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Disconnected) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("parley exited before it was ready:\n{log}");
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("parley was not ready within {STARTUP:?}:\n{log}");
             }
         };
         let field = |name: &str| -> SocketAddr {
@@ -80,18 +105,82 @@ impl TestServer {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} address in {ready:?}"))
         };
-        let (gateway, http, admin) = (field("gateway"), field("http"), field("admin"));
+        Process {
+            gateway: field("gateway"),
+            http: field("http"),
+            admin: field("admin"),
+            child,
+        }
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// Starts `parley` on ephemeral loopback ports with extra flags, and
+    /// waits for its ready line.
+    pub fn start_with(args: &[&str]) -> TestServer {
+        TestServer::start_in(tempfile::tempdir().expect("temp data dir"), args)
+    }
+
+    /// Starts `parley` on a data directory prepared by the test.
+    pub fn start_in(data_dir: tempfile::TempDir, args: &[&str]) -> TestServer {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        let process = Process::spawn(data_dir.path(), &args);
         let tls = parley_client::tls_config_from_file(&data_dir.path().join("tls/cert.pem"))
             .expect("trust the server's certificate");
         TestServer {
-            child,
-            gateway,
-            http,
-            admin,
+            child: process.child,
+            gateway: process.gateway,
+            http: process.http,
+            admin: process.admin,
             data_dir,
             tls,
+            args,
             next_phone: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// Kills the server with SIGKILL (`kill -9`: no shutdown, no flush, no
+    /// drain) and reaps it. The data directory stays, for [`TestServer::restart`].
+    ///
+    /// Panics if the server had already exited on its own: a crash the test
+    /// did not cause must not pass for one it did.
+    pub fn kill_hard(&mut self) -> std::process::ExitStatus {
+        self.child.kill().expect("SIGKILL parley");
+        let status = self.child.wait().expect("reap parley");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "parley had exited on its own ({status}) before it was killed:\n{}",
+                self.log()
+            );
+        }
+        status
+    }
+
+    /// Starts the server again on the same data directory with the same
+    /// flags, after [`TestServer::kill_hard`]. The listeners get new
+    /// ephemeral ports, so clients must pick up the new `gateway` (and
+    /// `http`) address. The server's log goes on in the same file, after a
+    /// marker line.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().expect("parley's status").is_some(),
+            "restart needs the previous parley process to have exited"
+        );
+        let process = Process::spawn(self.data_dir.path(), &self.args);
+        self.child = process.child;
+        self.gateway = process.gateway;
+        self.http = process.http;
+        self.admin = process.admin;
+        self.tls = parley_client::tls_config_from_file(&self.data_dir.path().join("tls/cert.pem"))
+            .expect("trust the server's certificate");
     }
 
     pub fn ws_url(&self) -> String {
