@@ -158,6 +158,7 @@ async fn malformed_oversized_and_text_frames_close_only_their_session() {
 #[tokio::test]
 async fn bodies_just_under_the_limit_pass_and_just_over_are_refused() {
     let server = TestServer::start();
+    let bystanders = Bystanders::start(&server).await;
     let (_, mut a) = fresh_session(&server).await;
     let (bob, mut b) = fresh_session(&server).await;
 
@@ -180,6 +181,8 @@ async fn bodies_just_under_the_limit_pass_and_just_over_are_refused() {
     }
     a.send(3, bob.user_id, "small").await.expect("send");
     assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+
+    bystanders.finish().await;
 }
 
 /// A raw TCP connection that writes `bytes` and reads until the server
@@ -334,6 +337,7 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
 #[tokio::test]
 async fn garbage_after_tls_and_upgrades_without_a_token_or_to_the_wrong_path_are_refused() {
     let server = TestServer::start();
+    let bystanders = Bystanders::start(&server).await;
     let connector = tokio_rustls::TlsConnector::from(server.tls.clone());
     let request = |path: &str, auth: &str| {
         format!(
@@ -369,6 +373,8 @@ async fn garbage_after_tls_and_upgrades_without_a_token_or_to_the_wrong_path_are
             "with a JSON error body: {answer:?}"
         );
     }
+
+    bystanders.finish().await;
 }
 
 #[tokio::test]
