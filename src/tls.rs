@@ -112,8 +112,15 @@ fn generate(dir: &Path, cert: &Path, key: &Path, extra: &[String]) -> Result<(),
     Ok(())
 }
 
+/// Writes `contents` to a temporary file, syncs it and renames it over
+/// `path`: a crash during the first start leaves either no file (generated
+/// again at the next start) or a whole one, never a truncated certificate
+/// that every later start would refuse.
 fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
     use std::io::Write;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -123,7 +130,10 @@ fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()>
     }
     #[cfg(not(unix))]
     let _ = private;
-    options.open(path)?.write_all(contents.as_bytes())
+    let mut file = options.open(&temporary)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// A rustls server configuration (TLS 1.3 and 1.2, ring provider) that
