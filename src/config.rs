@@ -491,6 +491,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| data_dir.join("journal.redb")),
                 cache_bytes: journal_cache_mib.saturating_mul(1024 * 1024),
+                ..JournalConfig::at("")
             }),
         };
         let message_ttl_days = s.message_ttl_days.unwrap_or(30);

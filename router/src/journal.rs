@@ -56,6 +56,12 @@ pub struct JournalConfig {
     /// redb's page cache. The journal is written, and read once at start;
     /// tens of MiB perform like redb's default 1 GiB.
     pub cache_bytes: usize,
+    /// The file is compacted when its free space exceeds both what it
+    /// holds and this many bytes: the file stays within about twice the
+    /// queue, plus this.
+    pub compact_slack_bytes: u64,
+    /// How often the committer looks at the file's size.
+    pub compact_check: Duration,
 }
 
 impl JournalConfig {
@@ -64,6 +70,8 @@ impl JournalConfig {
         Self {
             path: path.into(),
             cache_bytes: 64 * 1024 * 1024,
+            compact_slack_bytes: 64 * 1024 * 1024,
+            compact_check: Duration::from_secs(10),
         }
     }
 }
@@ -226,6 +234,8 @@ pub(crate) struct Replayed {
     pub(crate) sent: Vec<SentRecord>,
     /// The file's size before any compaction, and after.
     pub(crate) file_bytes: (u64, u64),
+    /// Bytes of keys and values the journal holds.
+    pub(crate) live_bytes: u64,
 }
 
 impl Replayed {
@@ -308,33 +318,36 @@ impl Journal {
         // redb reuses freed pages but keeps its high-water mark: after a
         // burst, give the space back while nothing else uses the file.
         let before = file_len(&config.path);
-        let mut after = before;
-        if before > 2 * live_bytes + 16 * 1024 * 1024 {
-            let started = Instant::now();
-            db.compact().map_err(|e| fail(e.into()))?;
-            after = file_len(&config.path);
-            tracing::info!(
-                before,
-                after,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "journal compacted"
-            );
+        if worth_compacting(before, live_bytes, config.compact_slack_bytes) {
+            compact(&mut db, &config.path).map_err(fail)?;
         }
-        replayed.file_bytes = (before, after);
+        replayed.file_bytes = (before, file_len(&config.path));
+        replayed.live_bytes = live_bytes;
         Ok((db, replayed))
     }
 
     /// Starts the committer on `db`.
     pub(crate) fn start(
         db: redb::Database,
+        live_bytes: u64,
         config: &JournalConfig,
         on_durable: OnDurable,
         metrics: JournalMetrics,
     ) -> Result<Self, JournalError> {
         let (ops, rx) = mpsc::channel();
+        let mut committer = Committer {
+            db,
+            path: config.path.clone(),
+            live_bytes,
+            slack: config.compact_slack_bytes,
+            check_every: config.compact_check,
+            checked: Instant::now(),
+            compacted_to: file_len(&config.path),
+            metrics,
+        };
         let committer = std::thread::Builder::new()
             .name("parley-journal".into())
-            .spawn(move || commit_loop(&db, &rx, &on_durable, &metrics))
+            .spawn(move || committer.run(&rx, &on_durable))
             .map_err(|source| JournalError::Thread {
                 path: config.path.display().to_string(),
                 source,
@@ -377,16 +390,79 @@ fn file_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-fn commit_loop(
-    db: &redb::Database,
-    ops: &mpsc::Receiver<Op>,
-    on_durable: &OnDurable,
-    metrics: &JournalMetrics,
-) {
+/// redb reuses freed pages but keeps the file at its high-water mark: after
+/// a burst, free space is given back once it outweighs what is held.
+fn worth_compacting(file_bytes: u64, live_bytes: u64, slack: u64) -> bool {
+    let free = file_bytes.saturating_sub(live_bytes);
+    free > live_bytes && free > slack
+}
+
+fn compact(db: &mut redb::Database, path: &std::path::Path) -> Result<(), redb::Error> {
+    let (before, started) = (file_len(path), Instant::now());
+    db.compact()?;
+    tracing::info!(
+        before,
+        after = file_len(path),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "journal compacted"
+    );
+    Ok(())
+}
+
+/// The committer thread's state.
+struct Committer {
+    db: redb::Database,
+    path: PathBuf,
+    /// Bytes of keys and values held, kept up to date commit by commit.
+    live_bytes: u64,
+    slack: u64,
+    check_every: Duration,
+    checked: Instant,
+    /// The file's size after the last compaction: the next one waits until
+    /// the file has grown by the slack past it, so a file that compaction
+    /// cannot shrink is not compacted over and over.
+    compacted_to: u64,
+    metrics: JournalMetrics,
+}
+
+impl Committer {
+    fn run(&mut self, ops: &mpsc::Receiver<Op>, on_durable: &OnDurable) {
+        commit_loop(self, ops, on_durable);
+    }
+
+    /// Between commits, now and then: compacts the file if it is mostly
+    /// free space. Commits wait meanwhile (tens of milliseconds for a
+    /// journal of a hundred MiB); a failure is only logged.
+    fn maybe_compact(&mut self) {
+        if self.checked.elapsed() < self.check_every {
+            return;
+        }
+        self.checked = Instant::now();
+        let file_bytes = file_len(&self.path);
+        if file_bytes > self.compacted_to.saturating_add(self.slack)
+            && worth_compacting(file_bytes, self.live_bytes, self.slack)
+        {
+            self.metrics.compactions.inc();
+            match compact(&mut self.db, &self.path) {
+                Ok(()) => self.compacted_to = file_len(&self.path),
+                Err(error) => {
+                    tracing::warn!(%error, "journal compaction failed; trying again later");
+                }
+            }
+        }
+    }
+}
+
+fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: &OnDurable) {
+    let metrics = committer.metrics.clone();
     let mut batch: Vec<Op> = Vec::new();
     let mut durable: Vec<(UserId, u64)> = Vec::new();
     let mut scratch = Vec::new();
     while let Ok(op) = ops.recv() {
+        // Everything pending goes into this commit: under load, ops gather
+        // while the previous commit syncs, so batches grow with the load
+        // and no timer is needed (a delay measured no gain: the cost is per
+        // record, docs/guarantees.md and BENCHMARKS.md).
         batch.push(op);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
@@ -397,10 +473,12 @@ fn commit_loop(
         let mut backoff = Duration::from_millis(10);
         loop {
             let started = Instant::now();
-            match write(db, &batch, &mut scratch) {
-                Ok(changes) => {
+            match write(&committer.db, &batch, &mut scratch) {
+                Ok(written) => {
+                    committer.live_bytes =
+                        (committer.live_bytes + written.added).saturating_sub(written.removed);
                     metrics.commits.inc();
-                    metrics.changes.inc_by(changes);
+                    metrics.changes.inc_by(written.changes);
                     metrics.batch_ops.observe(batch.len() as f64);
                     metrics
                         .commit_seconds
@@ -435,17 +513,33 @@ fn commit_loop(
                 let _ = done.send(());
             }
         }
+        committer.maybe_compact();
     }
 }
 
-/// Writes `batch` in one durable transaction; returns the number of records
-/// put or deleted.
-fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<u64, redb::Error> {
+/// What one commit changed.
+#[derive(Debug, Default)]
+struct Written {
+    /// Records put or deleted.
+    changes: u64,
+    /// Bytes of keys and values put, and deleted.
+    added: u64,
+    removed: u64,
+}
+
+/// Writes `batch` in one durable transaction.
+fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Written, redb::Error> {
     let txn = db.begin_write()?;
-    let mut changes = 0;
+    let mut written = Written::default();
     {
         let mut queue = txn.open_table(QUEUE)?;
         let mut sent = txn.open_table(SENT)?;
+        let mut put = |table: &mut redb::Table<u64, &[u8]>, key: u64, value: &[u8]| {
+            written.changes += 1;
+            written.added += 8 + value.len() as u64;
+            table.insert(key, value).map(|_| ())
+        };
+        let mut removed = Vec::new();
         for op in batch {
             match op {
                 Op::Send {
@@ -455,36 +549,40 @@ fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<u64
                     ..
                 } => {
                     message.encode(scratch);
-                    queue.insert(message.id, scratch.as_slice())?;
-                    sent.insert(record.message_id, record.encode().as_slice())?;
+                    put(&mut queue, message.id, scratch)?;
+                    put(&mut sent, record.message_id, &record.encode())?;
                     for id in forgotten {
-                        sent.remove(*id)?;
+                        removed.push(sent.remove(*id)?.map(|v| v.value().len()));
                     }
-                    changes += 2 + forgotten.len() as u64;
                 }
-                Op::Change { removed, receipts } => {
-                    for id in removed {
-                        queue.remove(*id)?;
+                Op::Change {
+                    removed: ids,
+                    receipts,
+                } => {
+                    for id in ids {
+                        removed.push(queue.remove(*id)?.map(|v| v.value().len()));
                     }
                     for receipt in receipts {
                         receipt.encode(scratch);
-                        queue.insert(receipt.id, scratch.as_slice())?;
+                        put(&mut queue, receipt.id, scratch)?;
                     }
-                    changes += (removed.len() + receipts.len()) as u64;
                 }
                 Op::Forget(ids) => {
                     for id in ids {
-                        sent.remove(*id)?;
+                        removed.push(sent.remove(*id)?.map(|v| v.value().len()));
                     }
-                    changes += ids.len() as u64;
                 }
                 Op::Barrier(_) => {}
             }
         }
+        for len in removed.into_iter().flatten() {
+            written.changes += 1;
+            written.removed += 8 + len as u64;
+        }
     }
     // The default durability: on disk (one fsync) when commit returns.
     txn.commit()?;
-    Ok(changes)
+    Ok(written)
 }
 
 #[cfg(test)]

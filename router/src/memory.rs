@@ -166,7 +166,13 @@ impl MemoryRouter {
                     MemoryRouter { inner }.mark_durable(entries);
                 }
             });
-            let started = Journal::start(db, journal, on_durable, metrics.journal.clone());
+            let started = Journal::start(
+                db,
+                replayed.live_bytes,
+                journal,
+                on_durable,
+                metrics.journal.clone(),
+            );
             Inner {
                 shards: Self::shards(&config),
                 config,

@@ -63,6 +63,8 @@ pub struct JournalMetrics {
     pub commit_seconds: Histogram,
     /// Failed commits (each retried until it succeeds).
     pub errors: Counter,
+    /// Compactions while running (the file was mostly free space).
+    pub compactions: Counter,
 }
 
 impl Default for JournalMetrics {
@@ -75,6 +77,7 @@ impl Default for JournalMetrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
             ]),
             errors: Counter::default(),
+            compactions: Counter::default(),
         }
     }
 }
@@ -208,6 +211,11 @@ impl RouterMetrics {
             "journal_errors",
             "Failed journal commits (retried until they succeed)",
             journal.errors.clone(),
+        );
+        registry.register(
+            "journal_compactions",
+            "Journal compactions while running (the file was mostly free space)",
+            journal.compactions.clone(),
         );
     }
 }

@@ -532,6 +532,60 @@ async fn the_journal_forgets_sends_past_the_horizon_and_expired_entries() {
 }
 
 #[tokio::test]
+async fn the_journal_gives_space_back_once_the_queue_drains() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let config = JournalConfig {
+        compact_slack_bytes: 1024 * 1024,
+        compact_check: std::time::Duration::ZERO,
+        ..JournalConfig::at(&path)
+    };
+    let (r, _) = MemoryRouter::open(
+        MemoryConfig {
+            shards: 4,
+            ..MemoryConfig::default()
+        },
+        RouterMetrics::default(),
+        &config,
+    )
+    .expect("journal opens");
+    // 8 MiB queued for one device, sent by many at once (group commits).
+    let body = "x".repeat(8 * 1024);
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..1024u64 {
+        let (r, body) = (r.clone(), body.clone());
+        let from = Device {
+            user: 1000 + i,
+            device: 1,
+        };
+        sends.spawn(async move { r.send(from, msg(1, B.user, &body)).await });
+    }
+    while let Some(accepted) = sends.join_next().await {
+        accepted.expect("send task").expect("accepted");
+    }
+    let full = std::fs::metadata(&path).expect("journal file").len();
+    assert!(full > 8 * 1024 * 1024, "{full}");
+
+    let mut b = r.attach(B).await.expect("attach");
+    for _ in 0..1024 {
+        let ids = delivered_ids(&drain(&mut b));
+        if ids.is_empty() {
+            break;
+        }
+        r.ack_delivery(B, &ids).await.expect("ack");
+    }
+    assert_eq!(r.queued(B.user), 0);
+    r.flush().await;
+    // The committer compacts after the commit that emptied the queue.
+    r.flush().await;
+    let drained = std::fs::metadata(&path).expect("journal file").len();
+    assert!(
+        drained < full / 4,
+        "the file keeps {drained} bytes of {full} after the queue drained"
+    );
+}
+
+#[tokio::test]
 async fn a_journal_from_elsewhere_is_refused_not_guessed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("journal.redb");
