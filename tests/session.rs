@@ -354,3 +354,78 @@ async fn sigterm_tells_sessions_to_reconnect_and_exits_cleanly() {
         other => panic!("expected close 1001, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
+    let mut server = TestServer::start();
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, is_empty_marker).await;
+    let mut acked = Vec::new();
+    for (id, body) in [(1, "before the restart"), (2, "and this one too")] {
+        a.send(id, bob.user_id, body).await.expect("send");
+        match next(&mut a).await {
+            Frame::Ack(ack) => acked.push(ack.message_id),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    a.close().await.expect("alice goes offline");
+
+    // Bob stores the first message only; its DELIVERED receipt waits for
+    // Alice, the second message waits for Bob's next session.
+    let mut b = server.connect(&bob).await;
+    let backlog = until(&mut b, is_empty_marker).await;
+    let delivered: Vec<u64> = backlog
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => Some(d.message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, acked);
+    b.ack_delivery(vec![acked[0]]).await.expect("ack");
+    b.close().await.expect("bob goes offline");
+
+    let status = tokio::task::block_in_place(|| server.stop_gracefully());
+    assert!(status.success(), "exit status {status}");
+    server.restart();
+    assert!(
+        server.log().contains("journal replayed"),
+        "the restart read the journal"
+    );
+
+    let mut b = server.connect(&bob).await;
+    let backlog = until(&mut b, is_empty_marker).await;
+    let again: Vec<(u64, String)> = backlog
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => {
+                Some((d.message_id, String::from_utf8_lossy(&d.body).into_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        again,
+        [(acked[1], "and this one too".to_owned())],
+        "the unacknowledged message survives, the acknowledged one is gone"
+    );
+
+    let mut a = server.connect(&alice).await;
+    let backlog = until(&mut a, is_empty_marker).await;
+    assert!(
+        backlog.iter().any(|f| matches!(f, Frame::Receipt(r)
+            if r.kind() == ReceiptKind::Delivered && r.message_ids == [acked[0]])),
+        "the DELIVERED receipt survives: {backlog:?}"
+    );
+    // A resend of an accepted message is still recognised after the restart.
+    a.send(2, bob.user_id, "and this one too")
+        .await
+        .expect("resend");
+    match next(&mut a).await {
+        Frame::Ack(ack) => assert_eq!(ack.message_id, acked[1], "the original ack"),
+        other => panic!("expected the original ack, got {other:?}"),
+    }
+    quiet(&mut b).await;
+}

@@ -165,7 +165,8 @@ impl TestServer {
     }
 
     /// Starts the server again on the same data directory with the same
-    /// flags, after [`TestServer::kill_hard`]. The listeners get new
+    /// flags, after [`TestServer::kill_hard`] or
+    /// [`TestServer::stop_gracefully`]. The listeners get new
     /// ephemeral ports, so clients must pick up the new `gateway` (and
     /// `http`) address. The server's log goes on in the same file, after a
     /// marker line.
@@ -271,6 +272,12 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop_gracefully()
+    }
+
+    /// Sends SIGTERM and waits for the exit; the data directory stays, for
+    /// [`TestServer::restart`].
+    pub fn stop_gracefully(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
