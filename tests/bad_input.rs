@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{PROMPTLY, TestServer, next, until};
-use parley_client::{ClientError, Credential, Session};
+use common::{
+    Bystanders, PROMPTLY, TestServer, claims_of, expect_error_then_close, fresh_session,
+    is_empty_marker, jwt, next, unix_now, until,
+};
+use parley_client::{ClientError, Session};
 use parley_proto::close;
 use parley_proto::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES};
 use parley_proto::v1::{ClientFrame, CloseReason, ErrorCode, server_frame::Frame};
@@ -20,107 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn is_empty_marker(frame: &Frame) -> bool {
-    matches!(frame, Frame::QueueEmpty(_))
-}
-
-/// A conversation that must not notice anything: Alice sends to Bob every
-/// few milliseconds, Bob acks, Alice checks every ack and receipt.
-struct Bystanders {
-    stop: Arc<AtomicBool>,
-    /// Round trips completed (send, ack, delivery, delivery ack).
-    rounds: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<(u64, u64)>,
-}
-
-impl Bystanders {
-    async fn start(server: &TestServer) -> Bystanders {
-        let alice = server.register().await;
-        let bob = server.register().await;
-        let mut a = server.connect(&alice).await;
-        let mut b = server.connect(&bob).await;
-        until(&mut a, is_empty_marker).await;
-        until(&mut b, is_empty_marker).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let rounds = Arc::new(AtomicU64::new(0));
-        let progress = rounds.clone();
-        let task = tokio::spawn(async move {
-            let (mut sent, mut received) = (0u64, 0u64);
-            while !stopping.load(Ordering::Relaxed) {
-                sent += 1;
-                a.send(sent, bob.user_id, format!("still here {sent}"))
-                    .await
-                    .expect("bystander send");
-                // Alice sees her ack (and, for the previous message, its
-                // delivered receipt, which she acks).
-                loop {
-                    match next(&mut a).await {
-                        Frame::Ack(ack) => {
-                            assert_eq!(ack.client_msg_id, sent);
-                            break;
-                        }
-                        Frame::Receipt(r) => a
-                            .ack_receipts(vec![r.receipt_id])
-                            .await
-                            .expect("ack receipt"),
-                        other => panic!("bystander Alice got {other:?}"),
-                    }
-                }
-                match next(&mut b).await {
-                    Frame::Deliver(d) => {
-                        assert_eq!(d.body, format!("still here {sent}").into_bytes());
-                        b.ack_delivery(vec![d.message_id]).await.expect("ack");
-                        received += 1;
-                        progress.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => panic!("bystander Bob got {other:?}"),
-                }
-                // About 15 messages a second: under the default per-session
-                // message rate (20/s), as a lively conversation would be.
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-            (sent, received)
-        });
-        Bystanders { stop, rounds, task }
-    }
-
-    /// Checks the conversation still makes progress after whatever the test
-    /// did, then stops it and checks it never missed a beat.
-    async fn finish(self) {
-        let target = self.rounds.load(Ordering::Relaxed) + 3;
-        let deadline = tokio::time::Instant::now() + PROMPTLY;
-        while self.rounds.load(Ordering::Relaxed) < target {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the bystanders stopped talking"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        let (sent, received) = self.task.await.expect("bystanders kept talking");
-        assert_eq!(sent, received);
-    }
-}
-
 /// Expects an `Error` frame with `code`, then the close code `close_code`.
-async fn expect_error_then_close(session: &mut Session, code: ErrorCode, close_code: u16) {
-    match next(session).await {
-        Frame::Error(e) => assert_eq!(e.code(), code, "{e:?}"),
-        other => panic!("expected Error {code:?}, got {other:?}"),
-    }
-    match session.next_frame_timeout(PROMPTLY).await {
-        Err(ClientError::Closed { code, .. }) => assert_eq!(code, close_code),
-        other => panic!("expected close {close_code}, got {other:?}"),
-    }
-}
-
-async fn fresh_session(server: &TestServer) -> (Credential, Session) {
-    let credential = server.register().await;
-    let mut session = server.connect(&credential).await;
-    until(&mut session, is_empty_marker).await;
-    (credential, session)
-}
 
 #[tokio::test]
 async fn malformed_oversized_and_text_frames_close_only_their_session() {
@@ -240,31 +139,6 @@ async fn slow_handshakes_are_cut_off() {
     bystanders.finish().await;
 }
 
-/// The claims of a real token, to forge variants of it.
-fn claims_of(token: &str) -> serde_json::Value {
-    let payload = token.split('.').nth(1).expect("a JWT has a payload");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
-}
-
-fn jwt(
-    header: &serde_json::Value,
-    claims: &serde_json::Value,
-    sign: impl Fn(&[u8]) -> Vec<u8>,
-) -> String {
-    let head = URL_SAFE_NO_PAD.encode(header.to_string());
-    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{head}.{body}");
-    let signature = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
-    format!("{input}.{signature}")
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 async fn expect_refused(server: &TestServer, token: &str, why: &str) {
     match Session::connect(&server.ws_url(), server.tls.clone(), token).await {
         Err(ClientError::Rejected { status }) => assert_eq!(status, 401, "{why}"),
@@ -296,8 +170,8 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
     assert!(session.is_ok(), "re-signed genuine claims should pass");
 
     let mut expired = claims.clone();
-    expired["iat"] = (now() - 7200).into();
-    expired["exp"] = (now() - 3600).into();
+    expired["iat"] = (unix_now() - 7200).into();
+    expired["exp"] = (unix_now() - 3600).into();
     let token = jwt(&eddsa, &expired, |m| server_key.sign(m).as_ref().to_vec());
     expect_refused(&server, &token, "expired").await;
 

@@ -41,13 +41,13 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{PROMPTLY, TestServer, next, quiet, until};
-use parley_client::{ClientError, Credential, Session};
+use common::{
+    BYSTANDER_LATENCY, Bystanders, PROMPTLY, TestServer, claims_of, expect_error_then_close,
+    fresh_session, is_empty_marker, jwt, next, quiet, unix_now, until,
+};
+use parley_client::{ClientError, Session};
 use parley_proto::close;
 use parley_proto::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES};
 use parley_proto::v1::{ClientFrame, ErrorCode, client_frame, server_frame::Frame};
@@ -58,115 +58,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-
-/// The longest a bystander's message may take from send to delivery while
-/// hostile traffic runs. The worst seen is under 1.5 s (the upgrade flood,
-/// on a debug build, two cores shared with another test binary); the rest
-/// is room for a machine busy with builds, so that the outcome does not
-/// depend on the machine.
-const BYSTANDER_LATENCY: Duration = Duration::from_secs(5);
-
-fn is_empty_marker(frame: &Frame) -> bool {
-    matches!(frame, Frame::QueueEmpty(_))
-}
-
-/// A conversation that must not notice anything: Alice sends to Bob every
-/// 60 ms, Bob acks, Alice checks every ack and acks every receipt. Records
-/// the slowest round trip (send to delivery).
-struct Bystanders {
-    stop: Arc<AtomicBool>,
-    /// Round trips completed (send, ack, delivery, delivery ack).
-    rounds: Arc<AtomicU64>,
-    /// The slowest round so far, in microseconds.
-    slowest_us: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<(u64, u64)>,
-}
-
-impl Bystanders {
-    async fn start(server: &TestServer) -> Bystanders {
-        let alice = server.register().await;
-        let bob = server.register().await;
-        let mut a = server.connect(&alice).await;
-        let mut b = server.connect(&bob).await;
-        until(&mut a, is_empty_marker).await;
-        until(&mut b, is_empty_marker).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let rounds = Arc::new(AtomicU64::new(0));
-        let progress = rounds.clone();
-        let slowest_us = Arc::new(AtomicU64::new(0));
-        let slowest = slowest_us.clone();
-        let task = tokio::spawn(async move {
-            let (mut sent, mut received) = (0u64, 0u64);
-            while !stopping.load(Ordering::Relaxed) {
-                sent += 1;
-                let started = Instant::now();
-                a.send(sent, bob.user_id, format!("still here {sent}"))
-                    .await
-                    .expect("bystander send");
-                loop {
-                    match next(&mut a).await {
-                        Frame::Ack(ack) => {
-                            assert_eq!(ack.client_msg_id, sent);
-                            break;
-                        }
-                        Frame::Receipt(r) => a
-                            .ack_receipts(vec![r.receipt_id])
-                            .await
-                            .expect("ack receipt"),
-                        other => panic!("bystander Alice got {other:?}"),
-                    }
-                }
-                match next(&mut b).await {
-                    Frame::Deliver(d) => {
-                        assert_eq!(d.body, format!("still here {sent}").into_bytes());
-                        b.ack_delivery(vec![d.message_id]).await.expect("ack");
-                        received += 1;
-                        progress.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => panic!("bystander Bob got {other:?}"),
-                }
-                let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                slowest.fetch_max(took, Ordering::Relaxed);
-                // About 15 messages a second: under the default per-session
-                // message rate (20/s), as a lively conversation would be.
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-            (sent, received)
-        });
-        Bystanders {
-            stop,
-            rounds,
-            slowest_us,
-            task,
-        }
-    }
-
-    fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
-    }
-
-    /// Checks the conversation still makes progress after whatever the test
-    /// did, then stops it and checks it never missed a beat and no round
-    /// took longer than [`BYSTANDER_LATENCY`].
-    async fn finish(self) {
-        let target = self.rounds() + 3;
-        let deadline = Instant::now() + PROMPTLY;
-        while self.rounds() < target {
-            assert!(Instant::now() < deadline, "the bystanders stopped talking");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        let (sent, received) = self.task.await.expect("bystanders kept talking");
-        assert_eq!(sent, received);
-        let slowest = Duration::from_micros(self.slowest_us.load(Ordering::Relaxed));
-        eprintln!("bystanders: {received} round trips, slowest {slowest:?}");
-        assert!(
-            slowest <= BYSTANDER_LATENCY,
-            "a bystander round trip took {slowest:?}"
-        );
-    }
-}
 
 /// The value of one sample line (`name{labels} value`) in a scrape; 0 when
 /// the line is absent (a labelled counter that never counted).
@@ -279,31 +170,6 @@ async fn refused_upgrade(
 ) -> Answer {
     let stream = tls_connect(gateway, tls).await.expect("TLS to the gateway");
     parse_answer(&exchange(stream, head, FLOOD_HANDSHAKE_TIMEOUT).await)
-}
-
-/// The JWT pieces used to forge tokens (as in bad_input.rs).
-fn claims_of(token: &str) -> serde_json::Value {
-    let payload = token.split('.').nth(1).expect("a JWT has a payload");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
-}
-
-fn jwt(
-    header: &serde_json::Value,
-    claims: &serde_json::Value,
-    sign: impl Fn(&[u8]) -> Vec<u8>,
-) -> String {
-    let head = URL_SAFE_NO_PAD.encode(header.to_string());
-    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{head}.{body}");
-    let signature = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
-    format!("{input}.{signature}")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// Creates `count` accounts from suffix `first` with `parley provision`
@@ -933,25 +799,6 @@ fn mark_read_of(to_user: u64, size: usize) -> Vec<u8> {
         }),
         size,
     )
-}
-
-/// Expects an `Error` frame with `code`, then the close code `close_code`.
-async fn expect_error_then_close(session: &mut Session, code: ErrorCode, close_code: u16) {
-    match next(session).await {
-        Frame::Error(e) => assert_eq!(e.code(), code, "{e:?}"),
-        other => panic!("expected Error {code:?}, got {other:?}"),
-    }
-    match session.next_frame_timeout(PROMPTLY).await {
-        Err(ClientError::Closed { code, .. }) => assert_eq!(code, close_code),
-        other => panic!("expected close {close_code}, got {other:?}"),
-    }
-}
-
-async fn fresh_session(server: &TestServer) -> (Credential, Session) {
-    let credential = server.register().await;
-    let mut session = server.connect(&credential).await;
-    until(&mut session, is_empty_marker).await;
-    (credential, session)
 }
 
 /// The next frame that is not a receipt; receipts (of messages sent

@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
 use crate::metrics::JournalMetrics;
@@ -89,7 +89,7 @@ pub enum JournalError {
     #[error("journal {path}: record {key} in table {table} is unreadable ({why})")]
     Corrupt {
         path: String,
-        table: &'static str,
+        table: String,
         key: u64,
         why: &'static str,
     },
@@ -285,34 +285,8 @@ impl Journal {
         let mut live_bytes: u64 = 0;
         {
             let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-            let queue = txn.open_table(QUEUE).map_err(|e| fail(e.into()))?;
-            for row in queue.iter().map_err(|e| fail(e.into()))? {
-                let (key, value) = row.map_err(|e| fail(e.into()))?;
-                let (id, bytes) = (key.value(), value.value());
-                live_bytes += 8 + bytes.len() as u64;
-                let record =
-                    QueuedRecord::decode(id, bytes).map_err(|why| JournalError::Corrupt {
-                        path: path.clone(),
-                        table: "queue",
-                        key: id,
-                        why,
-                    })?;
-                replayed.queued.push(record);
-            }
-            let sent = txn.open_table(SENT).map_err(|e| fail(e.into()))?;
-            for row in sent.iter().map_err(|e| fail(e.into()))? {
-                let (key, value) = row.map_err(|e| fail(e.into()))?;
-                let (id, bytes) = (key.value(), value.value());
-                live_bytes += 8 + bytes.len() as u64;
-                let record =
-                    SentRecord::decode(id, bytes).map_err(|why| JournalError::Corrupt {
-                        path: path.clone(),
-                        table: "sent",
-                        key: id,
-                        why,
-                    })?;
-                replayed.sent.push(record);
-            }
+            replayed.queued = scan(&txn, QUEUE, &path, &mut live_bytes, QueuedRecord::decode)?;
+            replayed.sent = scan(&txn, SENT, &path, &mut live_bytes, SentRecord::decode)?;
         }
 
         // redb reuses freed pages but keeps its high-water mark: after a
@@ -384,6 +358,35 @@ impl Drop for Journal {
             }
         }
     }
+}
+
+/// Every row of `table` in key order, decoded; adds the bytes read to
+/// `live_bytes`. A row that does not decode stops the start.
+fn scan<T>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    path: &str,
+    live_bytes: &mut u64,
+    decode: fn(u64, &[u8]) -> Result<T, &'static str>,
+) -> Result<Vec<T>, JournalError> {
+    let fail = |source: redb::Error| JournalError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut records = Vec::new();
+    let rows = txn.open_table(table).map_err(|e| fail(e.into()))?;
+    for row in rows.iter().map_err(|e| fail(e.into()))? {
+        let (key, value) = row.map_err(|e| fail(e.into()))?;
+        let (id, bytes) = (key.value(), value.value());
+        *live_bytes += 8 + bytes.len() as u64;
+        records.push(decode(id, bytes).map_err(|why| JournalError::Corrupt {
+            path: path.to_owned(),
+            table: table.name().to_owned(),
+            key: id,
+            why,
+        })?);
+    }
+    Ok(records)
 }
 
 fn file_len(path: &std::path::Path) -> u64 {
@@ -614,6 +617,27 @@ mod tests {
             timestamp_ms: 4,
         };
         assert_eq!(SentRecord::decode(9, &sent.encode()), Ok(sent));
+    }
+
+    #[test]
+    fn a_journal_with_an_unreadable_record_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = JournalConfig::at(dir.path().join("journal.redb"));
+        let (db, replayed) = Journal::open(&config).expect("a new journal opens");
+        assert!(replayed.queued.is_empty() && replayed.sent.is_empty());
+        let txn = db.begin_write().expect("write");
+        txn.open_table(QUEUE)
+            .expect("queue table")
+            .insert(42, [FORMAT + 1; QUEUED_HEADER + 4].as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = Journal::open(&config).expect_err("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("record 42 in table queue") && message.contains("unknown format"),
+            "{message}"
+        );
     }
 
     #[test]
