@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use parley_proto::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES};
+use parley_proto::limits::MAX_BODY_BYTES;
 use parley_proto::v1::{
     ClientFrame, CloseReason, Error as ErrorFrame, ErrorCode, SendError, ServerAck, ServerFrame,
     client_frame, server_frame,
@@ -51,16 +51,6 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// The most router frames written before one flush: enough to coalesce a
 /// burst into few TLS records, few enough not to starve the read side.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
-/// The most bytes of encoded message ids handed to the router at once from
-/// a `DeliveryAck` or a `MarkRead`. The router makes a receipt from each
-/// call's ids (per sender), and the receipt must fit the frame limit that
-/// the phone receiving it enforces. A phone's frame may be 64 KiB of ids, and
-/// a receipt adds up to 41 bytes of its own fields; leaving the same 1 KiB of
-/// room as a message body, one frame's ids go to the router in at most two
-/// calls. Without it, one `MarkRead` at the frame limit queued a receipt a
-/// few bytes over it, which the recipient could never receive: every session
-/// of theirs broke on it, again on each reconnect.
-const MAX_RECEIPT_IDS_BYTES: usize = MAX_FRAME_BYTES - 1024;
 
 /// Why a session ends, and so what the phone is told.
 #[derive(Debug)]
@@ -271,31 +261,21 @@ where
             }
             write_frame(ws, reply, shared.config.write_timeout, &shared.metrics).await
         }
-        Some(client_frame::Frame::DeliveryAck(ack)) => {
-            for ids in receipt_sized(&ack.message_ids) {
-                shared
-                    .router
-                    .ack_delivery(device, ids)
-                    .await
-                    .map_err(internal)?;
-            }
-            Ok(())
-        }
+        Some(client_frame::Frame::DeliveryAck(ack)) => shared
+            .router
+            .ack_delivery(device, &ack.message_ids)
+            .await
+            .map_err(internal),
         Some(client_frame::Frame::MarkRead(read)) => {
             // A read receipt for someone who is not registered would create
             // a mailbox nobody reads; it is dropped (there is no reply frame
             // for a receipt).
             match shared.recipients.is_registered(read.to_user).await {
-                Ok(true) => {
-                    for ids in receipt_sized(&read.message_ids) {
-                        shared
-                            .router
-                            .mark_read(device, read.to_user, ids.to_vec())
-                            .await
-                            .map_err(internal)?;
-                    }
-                    Ok(())
-                }
+                Ok(true) => shared
+                    .router
+                    .mark_read(device, read.to_user, read.message_ids)
+                    .await
+                    .map_err(internal),
                 Ok(false) => Ok(()),
                 Err(err) => {
                     tracing::warn!(error = %err, "account store failed");
@@ -312,28 +292,6 @@ where
             .await
             .map_err(internal),
     }
-}
-
-/// Splits `ids` into runs of at most [`MAX_RECEIPT_IDS_BYTES`] encoded, so
-/// that a receipt made from one run fits a frame. Nearly always one run.
-fn receipt_sized(ids: &[u64]) -> impl Iterator<Item = &[u64]> {
-    let mut rest = ids;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let end = rest
-            .iter()
-            .position(|&id| {
-                bytes += prost::encoding::encoded_len_varint(id);
-                bytes > MAX_RECEIPT_IDS_BYTES
-            })
-            .unwrap_or(rest.len());
-        let (run, tail) = rest.split_at(end);
-        rest = tail;
-        Some(run)
-    })
 }
 
 /// Validates and routes one message; returns the ack or the send error.
@@ -518,55 +476,6 @@ fn reason_text(reason: CloseReason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use parley_proto::limits::MAX_FRAME_BYTES;
-    use parley_proto::v1::{Receipt, ReceiptKind, ServerFrame, server_frame};
-    use prost::Message as _;
-
-    use super::{MAX_RECEIPT_IDS_BYTES, receipt_sized};
-
-    fn runs(ids: &[u64]) -> Vec<usize> {
-        receipt_sized(ids).map(<[u64]>::len).collect()
-    }
-
-    #[test]
-    fn ids_are_split_only_past_what_a_receipt_can_carry() {
-        assert!(runs(&[]).is_empty());
-        assert_eq!(runs(&[7, 8, 9]), [3]);
-        // One byte per id below 128.
-        assert_eq!(
-            runs(&vec![1; MAX_RECEIPT_IDS_BYTES]),
-            [MAX_RECEIPT_IDS_BYTES]
-        );
-        assert_eq!(
-            runs(&vec![1; MAX_RECEIPT_IDS_BYTES + 1]),
-            [MAX_RECEIPT_IDS_BYTES, 1]
-        );
-        // Ten bytes per id at u64::MAX; the runs keep every id, in order.
-        let big: Vec<u64> = (0..10_000).map(|i| u64::MAX - i).collect();
-        let split: Vec<&[u64]> = receipt_sized(&big).collect();
-        assert_eq!(split.len(), 2);
-        assert_eq!(split.concat(), big);
-    }
-
-    #[test]
-    fn a_receipt_of_the_largest_run_fits_a_frame() {
-        // The largest ids, in the largest run, with every other field at its
-        // widest.
-        let ids: Vec<u64> = vec![u64::MAX; MAX_RECEIPT_IDS_BYTES / 10];
-        let run = receipt_sized(&ids).next().expect("a run");
-        assert_eq!(run.len(), ids.len());
-        let receipt = ServerFrame {
-            frame: Some(server_frame::Frame::Receipt(Receipt {
-                receipt_id: u64::MAX,
-                kind: ReceiptKind::Read.into(),
-                from_user: u64::MAX,
-                message_ids: run.to_vec(),
-                timestamp_ms: u64::MAX,
-            })),
-        };
-        assert!(receipt.encoded_len() <= MAX_FRAME_BYTES);
-    }
-
     /// The size of the future an async function returns, without calling it.
     fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()

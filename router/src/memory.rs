@@ -416,43 +416,52 @@ impl MemoryRouter {
         Ok(Pending::Durable(accepted, wait))
     }
 
-    /// Queues a receipt for `to` about messages of `by`. With a journal, the
-    /// receipt waits (undeliverable) for the returned record's commit.
+    /// Queues receipts for `to` about messages of `by`: one, or more when
+    /// the ids would not fit one frame. With a journal, each receipt waits
+    /// (undeliverable) for the commit of the returned records.
     fn queue_receipt(
         &self,
         to: UserId,
         kind: ReceiptKind,
         by: UserId,
-        message_ids: Vec<u64>,
-    ) -> Option<QueuedRecord> {
+        message_ids: &[u64],
+    ) -> Vec<QueuedRecord> {
         let label = match kind {
             ReceiptKind::Read => Kind::Read,
             _ => Kind::Delivered,
         };
-        self.inner
-            .metrics
-            .receipts_queued
-            .get_or_create(&KindLabel { kind: label })
-            .inc();
-        let mut shard = self.lock(self.shard_of(to));
-        let receipt_id = self.inner.ids.next();
-        let frame = frames::receipt(receipt_id, kind, by, message_ids, now_ms());
         let journaled = self.journaled();
-        shard.entry(to).or_default().push(
-            Entry {
-                id: receipt_id,
-                sender: None,
-                frame: frame.clone(),
-                durable: !journaled,
-            },
-            self.window(),
-        );
-        journaled.then_some(QueuedRecord {
-            id: receipt_id,
-            recipient: to,
-            sender: None,
-            frame,
-        })
+        let mut records = Vec::new();
+        let mut shard = self.lock(self.shard_of(to));
+        for ids in frames::receipt_runs(message_ids) {
+            self.inner
+                .metrics
+                .receipts_queued
+                .get_or_create(&KindLabel {
+                    kind: label.clone(),
+                })
+                .inc();
+            let receipt_id = self.inner.ids.next();
+            let frame = frames::receipt(receipt_id, kind, by, ids.to_vec(), now_ms());
+            shard.entry(to).or_default().push(
+                Entry {
+                    id: receipt_id,
+                    sender: None,
+                    frame: frame.clone(),
+                    durable: !journaled,
+                },
+                self.window(),
+            );
+            if journaled {
+                records.push(QueuedRecord {
+                    id: receipt_id,
+                    recipient: to,
+                    sender: None,
+                    frame,
+                });
+            }
+        }
+        records
     }
 
     /// Removes entries from `user`'s mailbox and pushes what the window now
@@ -641,8 +650,8 @@ impl Router for MemoryRouter {
         let receipts: Vec<QueuedRecord> = removed
             .by_sender
             .into_iter()
-            .filter_map(|(sender, ids)| {
-                self.queue_receipt(sender, ReceiptKind::Delivered, device.user, ids)
+            .flat_map(|(sender, ids)| {
+                self.queue_receipt(sender, ReceiptKind::Delivered, device.user, &ids)
             })
             .collect();
         if !removed.ids.is_empty() {
@@ -661,13 +670,11 @@ impl Router for MemoryRouter {
         to: UserId,
         message_ids: Vec<u64>,
     ) -> Result<(), RouterError> {
-        if !message_ids.is_empty()
-            && let Some(receipt) =
-                self.queue_receipt(to, ReceiptKind::Read, device.user, message_ids)
-        {
+        let receipts = self.queue_receipt(to, ReceiptKind::Read, device.user, &message_ids);
+        if !receipts.is_empty() {
             self.journal(Op::Change {
                 removed: Vec::new(),
-                receipts: vec![receipt],
+                receipts,
             });
         }
         Ok(())
