@@ -461,7 +461,18 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
     let mut batch: Vec<Op> = Vec::new();
     let mut durable: Vec<(UserId, u64)> = Vec::new();
     let mut scratch = Vec::new();
-    while let Ok(op) = ops.recv() {
+    // Wakes up now and then when idle too: the commits that drained a
+    // burst are the last for a while, and the file should shrink after them.
+    let idle_check = committer.check_every.max(Duration::from_millis(50));
+    loop {
+        let op = match ops.recv_timeout(idle_check) {
+            Ok(op) => op,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                committer.maybe_compact();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         // Everything pending goes into this commit: under load, ops gather
         // while the previous commit syncs, so batches grow with the load
         // and no timer is needed (a delay measured no gain: the cost is per
