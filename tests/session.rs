@@ -429,3 +429,55 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
     }
     quiet(&mut b).await;
 }
+
+#[tokio::test]
+async fn pipelined_sends_are_answered_and_delivered_in_order() {
+    let server = TestServer::start_with(&["--messages-burst", "200"]);
+    let alice = server.register().await;
+    let bob = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, is_empty_marker).await;
+    // 60 sends without waiting; the 30th goes to nobody and is refused at
+    // once, but its answer must keep its place behind the acks before it.
+    for id in 1..=60u64 {
+        let to = if id == 30 { 0xdead } else { bob.user_id };
+        a.send(id, to, format!("burst {id}")).await.expect("send");
+    }
+    let mut answered = Vec::new();
+    let mut message_ids = Vec::new();
+    while answered.len() < 60 {
+        match next(&mut a).await {
+            Frame::Ack(ack) => {
+                answered.push(ack.client_msg_id);
+                message_ids.push(ack.message_id);
+            }
+            Frame::SendError(e) => {
+                assert_eq!(e.code(), ErrorCode::UnknownRecipient);
+                answered.push(e.client_msg_id);
+            }
+            Frame::Receipt(_) => {}
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        answered,
+        (1..=60).collect::<Vec<u64>>(),
+        "answers in send order"
+    );
+    assert!(message_ids.windows(2).all(|w| w[0] < w[1]));
+
+    let mut b = server.connect(&bob).await;
+    let backlog = until(&mut b, is_empty_marker).await;
+    let bodies: Vec<String> = backlog
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Deliver(d) => Some(String::from_utf8_lossy(&d.body).into_owned()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (1..=60u64)
+        .filter(|&id| id != 30)
+        .map(|id| format!("burst {id}"))
+        .collect();
+    assert_eq!(bodies, expected, "delivered in send order");
+}

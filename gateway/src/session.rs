@@ -13,7 +13,11 @@
 //! session for its whole life. That costs a small allocation per frame and
 //! saves kilobytes per idle session (see BENCHMARKS.md).
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +55,14 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// The most router frames written before one flush: enough to coalesce a
 /// burst into few TLS records, few enough not to starve the read side.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
+/// Sends a session may have waiting for their answers (acks wait for the
+/// journal's commit). Past it the session stops reading until the oldest is
+/// answered. Below the 128 `client_msg_id`s the router remembers per device.
+const MAX_PENDING_REPLIES: usize = 64;
+
+/// The answer to one `Send`, in the order the sends were read: ready at once
+/// (a refusal) or once the router has the message as durably as it promises.
+type Reply<'a> = Pin<Box<dyn Future<Output = server_frame::Frame> + Send + 'a>>;
 
 /// Why a session ends, and so what the phone is told.
 #[derive(Debug)]
@@ -108,6 +120,10 @@ where
         tracing::debug!("session attached");
         let idle = tokio::time::sleep(config.idle_timeout);
         tokio::pin!(idle);
+        // Answers to sends, oldest first. A send is handed to the router as
+        // soon as it is read, so the sends of one burst share a journal
+        // commit; their answers are written in order as they complete.
+        let mut replies: VecDeque<Reply<'_>> = VecDeque::new();
 
         let ending = loop {
             tokio::select! {
@@ -119,17 +135,34 @@ where
                     break Ending::Closing(reason.unwrap_or(CloseReason::ServerShutdown));
                 }
                 _ = shutdown.changed() => break Ending::Closing(CloseReason::ServerShutdown),
+                // Answers before router frames: a send's receipt can only
+                // exist once its ack is ready, and a phone must see the ack
+                // (which tells it the message id) before the receipt.
+                reply = async { replies.front_mut().expect("guarded: not empty").await }, if !replies.is_empty() => {
+                    replies.pop_front();
+                    if let Err(ending) = Box::pin(write_reply(&mut ws, reply, config.write_timeout, metrics)).await {
+                        break ending;
+                    }
+                }
                 frame = attached.frames.recv() => {
                     let Some(frame) = frame else {
                         break Ending::Closing(CloseReason::ServerShutdown);
                     };
-                    if let Err(ending) = Box::pin(write_batch(&mut ws, frame, &mut attached.frames, config.write_timeout, metrics)).await
+                    // An answer that became ready since the arm above was
+                    // polled goes first (this frame may be its receipt), and
+                    // more router frames are taken only once no answer is
+                    // waiting.
+                    if let Err(ending) = Box::pin(write_ready_replies(&mut ws, &mut replies, config.write_timeout, metrics)).await {
+                        break ending;
+                    }
+                    let more = replies.is_empty().then_some(&mut attached.frames);
+                    if let Err(ending) = Box::pin(write_batch(&mut ws, frame, more, config.write_timeout, metrics)).await
                     {
                         break ending;
                     }
                 }
                 () = &mut idle => break Ending::Closing(CloseReason::IdleTimeout),
-                message = ws.next() => {
+                message = ws.next(), if replies.len() < MAX_PENDING_REPLIES => {
                     let now = Instant::now();
                     idle.as_mut().reset(now + config.idle_timeout);
                     // Every frame counts against the limit, pings included:
@@ -143,7 +176,7 @@ where
                         Some(Ok(Message::Binary(bytes))) => {
                             metrics.frames_in.inc();
                             metrics.bytes_in.inc_by(bytes.len() as u64);
-                            if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut ws, &mut messages_allowance)).await {
+                            if let Err(ending) = Box::pin(on_frame(&shared, device, &bytes, &mut messages_allowance, &mut replies)).await {
                                 break ending;
                             }
                         }
@@ -180,18 +213,22 @@ where
     }
 }
 
-/// Writes `first` and whatever else the router has queued (up to a bound),
-/// then flushes once: a burst of deliveries shares TLS records and syscalls.
+/// Writes `first` and whatever else the router has queued in `more` (up to
+/// a bound), then flushes once: a burst of deliveries shares TLS records and
+/// syscalls.
 async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     first: Bytes,
-    more: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    more: Option<&mut tokio::sync::mpsc::Receiver<Bytes>>,
     limit: Duration,
     metrics: &GatewayMetrics,
 ) -> Result<(), Ending> {
     let write = async {
         count_out(metrics, &first);
         ws.feed(Message::Binary(first)).await?;
+        let Some(more) = more else {
+            return ws.flush().await;
+        };
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(frame) = more.try_recv() else { break };
             count_out(metrics, &frame);
@@ -206,6 +243,40 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
         // queued for its next session; the close is attempted, best effort.
         Err(_) => Err(Ending::Closing(CloseReason::SlowConsumer)),
     }
+}
+
+/// Writes the answer to a send.
+async fn write_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    reply: server_frame::Frame,
+    limit: Duration,
+    metrics: &GatewayMetrics,
+) -> Result<(), Ending> {
+    if let server_frame::Frame::SendError(err) = &reply {
+        metrics
+            .send_errors
+            .get_or_create(&[("code", err.code().as_str_name())])
+            .inc();
+    }
+    write_frame(ws, reply, limit, metrics).await
+}
+
+/// Writes the answers at the front of `replies` that are ready now, in
+/// order. Each is polled with this task's waker, so one still pending wakes
+/// the session when it completes.
+async fn write_ready_replies<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    replies: &mut VecDeque<Reply<'_>>,
+    limit: Duration,
+    metrics: &GatewayMetrics,
+) -> Result<(), Ending> {
+    while let Some(front) = replies.front_mut() {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(front.as_mut().poll(cx))).await;
+        let Poll::Ready(reply) = polled else { break };
+        replies.pop_front();
+        write_reply(ws, reply, limit, metrics).await?;
+    }
+    Ok(())
 }
 
 fn count_out(metrics: &GatewayMetrics, frame: &[u8]) {
@@ -227,18 +298,15 @@ async fn write_frame<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Handles one binary frame from the phone.
-async fn on_frame<S, R>(
-    shared: &Shared<R>,
+/// Handles one binary frame from the phone. The answer to a `Send` joins
+/// `replies`, to be written in order.
+async fn on_frame<'a, R: Router>(
+    shared: &'a Shared<R>,
     device: Device,
     bytes: &[u8],
-    ws: &mut WebSocketStream<S>,
     messages_allowance: &mut TokenBucket,
-) -> Result<(), Ending>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    R: Router,
-{
+    replies: &mut VecDeque<Reply<'a>>,
+) -> Result<(), Ending> {
     let frame = ClientFrame::decode(bytes)
         .map_err(|_| Ending::Error(ErrorCode::MalformedFrame, "frame is not a ClientFrame"))?;
     let internal = |err: parley_router::RouterError| {
@@ -251,15 +319,8 @@ where
             "ClientFrame has no frame set",
         )),
         Some(client_frame::Frame::Send(send)) => {
-            let reply = on_send(shared, device, send, messages_allowance).await;
-            if let server_frame::Frame::SendError(err) = &reply {
-                shared
-                    .metrics
-                    .send_errors
-                    .get_or_create(&[("code", err.code().as_str_name())])
-                    .inc();
-            }
-            write_frame(ws, reply, shared.config.write_timeout, &shared.metrics).await
+            replies.push_back(on_send(shared, device, send, messages_allowance).await);
+            Ok(())
         }
         Some(client_frame::Frame::DeliveryAck(ack)) => shared
             .router
@@ -294,14 +355,74 @@ where
     }
 }
 
-/// Validates and routes one message; returns the ack or the send error.
-async fn on_send<R: Router>(
-    shared: &Shared<R>,
+/// Validates one message and hands it to the router; returns its answer:
+/// a refusal at once, or the router's ack (or refusal) once it has it.
+async fn on_send<'a, R: Router>(
+    shared: &'a Shared<R>,
     device: Device,
     send: v1::Send,
     messages_allowance: &mut TokenBucket,
-) -> server_frame::Frame {
+) -> Reply<'a> {
     let client_msg_id = send.client_msg_id;
+    let refuse_after = move |code: ErrorCode, reason: &str, retry_after_ms: u32| {
+        server_frame::Frame::SendError(SendError {
+            client_msg_id,
+            code: code.into(),
+            reason: reason.to_owned(),
+            retry_after_ms,
+        })
+    };
+    let refuse = move |code: ErrorCode, reason: &str| refuse_after(code, reason, 0);
+    let now = |frame: server_frame::Frame| -> Reply<'a> { Box::pin(std::future::ready(frame)) };
+    if client_msg_id == 0 {
+        return now(refuse(
+            ErrorCode::InvalidMessage,
+            "client_msg_id must not be 0",
+        ));
+    }
+    if send.body.len() > MAX_BODY_BYTES {
+        return now(refuse(
+            ErrorCode::InvalidMessage,
+            "body over the 63 KiB limit",
+        ));
+    }
+    if let Err(wait) = messages_allowance.take(shared.config.messages, 1.0, Instant::now()) {
+        limited(&shared.metrics, "messages");
+        return now(refuse_after(
+            ErrorCode::RateLimited,
+            "sending too fast; retry later",
+            millis(wait),
+        ));
+    }
+    match shared.recipients.is_registered(send.to_user).await {
+        Ok(true) => {}
+        Ok(false) => return now(refuse(ErrorCode::UnknownRecipient, "no such user")),
+        Err(err) => {
+            tracing::warn!(error = %err, "account store failed");
+            return now(refuse(
+                ErrorCode::Internal,
+                "account store unavailable; retry",
+            ));
+        }
+    }
+    let outgoing = Outgoing {
+        client_msg_id,
+        to: send.to_user,
+        body: send.body,
+    };
+    // The router queues the message now (its place in the recipient's queue
+    // is taken here, in the order this session read its sends); the ack
+    // waits for the returned future.
+    let routed = shared.router.send(device, outgoing);
+    Box::pin(async move { answer(shared, client_msg_id, routed.await) })
+}
+
+/// The frame that answers a send the router took or refused.
+fn answer<R: Router>(
+    shared: &Shared<R>,
+    client_msg_id: u64,
+    routed: Result<parley_router::Accepted, parley_router::SendError>,
+) -> server_frame::Frame {
     let refuse_after = |code: ErrorCode, reason: &str, retry_after_ms: u32| {
         server_frame::Frame::SendError(SendError {
             client_msg_id,
@@ -311,34 +432,7 @@ async fn on_send<R: Router>(
         })
     };
     let refuse = |code: ErrorCode, reason: &str| refuse_after(code, reason, 0);
-    if client_msg_id == 0 {
-        return refuse(ErrorCode::InvalidMessage, "client_msg_id must not be 0");
-    }
-    if send.body.len() > MAX_BODY_BYTES {
-        return refuse(ErrorCode::InvalidMessage, "body over the 63 KiB limit");
-    }
-    if let Err(wait) = messages_allowance.take(shared.config.messages, 1.0, Instant::now()) {
-        limited(&shared.metrics, "messages");
-        return refuse_after(
-            ErrorCode::RateLimited,
-            "sending too fast; retry later",
-            millis(wait),
-        );
-    }
-    match shared.recipients.is_registered(send.to_user).await {
-        Ok(true) => {}
-        Ok(false) => return refuse(ErrorCode::UnknownRecipient, "no such user"),
-        Err(err) => {
-            tracing::warn!(error = %err, "account store failed");
-            return refuse(ErrorCode::Internal, "account store unavailable; retry");
-        }
-    }
-    let outgoing = Outgoing {
-        client_msg_id,
-        to: send.to_user,
-        body: send.body,
-    };
-    match shared.router.send(device, outgoing).await {
+    match routed {
         Ok(accepted) => server_frame::Frame::Ack(ServerAck {
             client_msg_id,
             message_id: accepted.message_id,

@@ -125,9 +125,13 @@ pub trait Router: Clone + Send + Sync + 'static {
     /// the next session. A no-op when `session` is no longer the live one.
     fn detach(&self, device: Device, session: SessionId) -> impl Future<Output = ()> + Send;
 
-    /// Queues a message for `msg.to`. Returns only once the message is
-    /// stored as durably as the backend promises; a resent `client_msg_id`
-    /// returns the original ack and queues nothing; a full mailbox refuses it.
+    /// Queues a message for `msg.to`. The message takes its place in the
+    /// recipient's queue when `send` is **called**, not when the future is
+    /// first polled, so a session may hand over several sends before
+    /// awaiting their answers and keep their order; the futures complete in
+    /// call order. A future completes only once its message is stored as
+    /// durably as the backend promises; a resent `client_msg_id` returns the
+    /// original ack and queues nothing; a full mailbox refuses it.
     fn send(
         &self,
         from: Device,

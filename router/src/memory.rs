@@ -633,15 +633,23 @@ impl Router for MemoryRouter {
         }
     }
 
-    async fn send(&self, from: Device, msg: Outgoing) -> Result<Accepted, SendError> {
-        match self.send_now(from, msg)? {
-            Pending::Now(accepted) => Ok(accepted),
-            Pending::Durable(accepted, wait) => match wait.await {
-                Ok(()) => Ok(accepted),
-                Err(_) => Err(SendError::Router(RouterError::Unavailable(
-                    "the journal has stopped".to_owned(),
-                ))),
-            },
+    fn send(
+        &self,
+        from: Device,
+        msg: Outgoing,
+    ) -> impl std::future::Future<Output = Result<Accepted, SendError>> + Send {
+        // Queued here, at the call (the trait's ordering promise).
+        let pending = self.send_now(from, msg);
+        async move {
+            match pending? {
+                Pending::Now(accepted) => Ok(accepted),
+                Pending::Durable(accepted, wait) => match wait.await {
+                    Ok(()) => Ok(accepted),
+                    Err(_) => Err(SendError::Router(RouterError::Unavailable(
+                        "the journal has stopped".to_owned(),
+                    ))),
+                },
+            }
         }
     }
 
