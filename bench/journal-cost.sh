@@ -21,26 +21,12 @@ WS=wss://127.0.0.1:5443/v1/ws
 # of the latency-bounded maximum (7,625).
 LATENCY_RATES=${LATENCY_RATES:-"1000 7625"}
 
-PID=""
-start_server() { # DATA_DIR DURABILITY
-    # Per-session limits raised as in run-suite.sh: measure the server.
-    target/release/parley --data-dir "$1" --durability "$2" --gateway-addr 127.0.0.1:5443 \
-        --http-addr 127.0.0.1:8443 --admin-addr 127.0.0.1:9090 \
-        --messages-per-second 100000 --messages-burst 100000 \
-        --frames-per-second 100000 --frames-burst 100000 >"$1.out" 2>"$1.err" &
-    PID=$!
-    for _ in $(seq 1 60); do grep -q "parley ready" "$1.out" 2>/dev/null && return 0; sleep 0.5; done
-    echo "parley did not start:" >&2; cat "$1.err" >&2; exit 1
-}
-stop_server() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-    PID=""
-}
-trap stop_server EXIT
+# shellcheck source=server.sh
+. "$ROOT/bench/server.sh"
 
 for MODE in memory fsync; do
     D=$(mktemp -d)/data; mkdir -p "$(dirname "$D")"
-    start_server "$D" "$MODE"
+    start_server "$D" --durability "$MODE"
     echo "== $MODE: chat, raise the rate until the server falls behind"
     $BENCH chat --data-dir "$D" --server-pid "$PID" --ws $WS --pairs 1000 --rate 40000 \
         --duration 10 --find-max --step-factor 1.25 --max-steps 6 --out "$OUT/$MODE"

@@ -17,24 +17,8 @@ mkdir -p "$OUT"
 BENCH=target/release/parley-bench
 WS=wss://127.0.0.1:5443/v1/ws
 
-PID=""
-start_server() { # DATA_DIR
-    # The generator's senders run at up to ~100 messages/s each, far above
-    # a person's; the per-session limits (20 messages/s, 100 frames/s by
-    # default) are raised so they measure the server, not the limiter.
-    target/release/parley --data-dir "$1" --gateway-addr 127.0.0.1:5443 \
-        --http-addr 127.0.0.1:8443 --admin-addr 127.0.0.1:9090 \
-        --messages-per-second 100000 --messages-burst 100000 \
-        --frames-per-second 100000 --frames-burst 100000 >"$1.out" 2>"$1.err" &
-    PID=$!
-    for _ in $(seq 1 60); do grep -q "parley ready" "$1.out" 2>/dev/null && return 0; sleep 0.5; done
-    echo "parley did not start:" >&2; cat "$1.err" >&2; exit 1
-}
-stop_server() {
-    [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-    PID=""
-}
-trap stop_server EXIT
+# shellcheck source=server.sh
+. "$ROOT/bench/server.sh"
 fresh() { local d; d=$(mktemp -d)/data; mkdir -p "$(dirname "$d")"; echo "$d"; }
 latest() { ls -t "$OUT"/"$1"-*.json | head -1; }
 

@@ -364,15 +364,9 @@ async fn on_send<'a, R: Router>(
     messages_allowance: &mut TokenBucket,
 ) -> Reply<'a> {
     let client_msg_id = send.client_msg_id;
-    let refuse_after = move |code: ErrorCode, reason: &str, retry_after_ms: u32| {
-        server_frame::Frame::SendError(SendError {
-            client_msg_id,
-            code: code.into(),
-            reason: reason.to_owned(),
-            retry_after_ms,
-        })
-    };
-    let refuse = move |code: ErrorCode, reason: &str| refuse_after(code, reason, 0);
+    let refuse_after =
+        move |code, reason, retry_after_ms| send_error(client_msg_id, code, reason, retry_after_ms);
+    let refuse = move |code, reason| send_error(client_msg_id, code, reason, 0);
     let now = |frame: server_frame::Frame| -> Reply<'a> { Box::pin(std::future::ready(frame)) };
     if client_msg_id == 0 {
         return now(refuse(
@@ -417,21 +411,27 @@ async fn on_send<'a, R: Router>(
     Box::pin(async move { answer(shared, client_msg_id, routed.await) })
 }
 
+/// A refusal of the send `client_msg_id`; nothing was queued.
+fn send_error(
+    client_msg_id: u64,
+    code: ErrorCode,
+    reason: &str,
+    retry_after_ms: u32,
+) -> server_frame::Frame {
+    server_frame::Frame::SendError(SendError {
+        client_msg_id,
+        code: code.into(),
+        reason: reason.to_owned(),
+        retry_after_ms,
+    })
+}
+
 /// The frame that answers a send the router took or refused.
 fn answer<R: Router>(
     shared: &Shared<R>,
     client_msg_id: u64,
     routed: Result<parley_router::Accepted, parley_router::SendError>,
 ) -> server_frame::Frame {
-    let refuse_after = |code: ErrorCode, reason: &str, retry_after_ms: u32| {
-        server_frame::Frame::SendError(SendError {
-            client_msg_id,
-            code: code.into(),
-            reason: reason.to_owned(),
-            retry_after_ms,
-        })
-    };
-    let refuse = |code: ErrorCode, reason: &str| refuse_after(code, reason, 0);
     match routed {
         Ok(accepted) => server_frame::Frame::Ack(ServerAck {
             client_msg_id,
@@ -440,23 +440,27 @@ fn answer<R: Router>(
         }),
         Err(parley_router::SendError::RateLimited { retry_after_ms }) => {
             limited(&shared.metrics, "inbound_bytes");
-            refuse_after(
+            send_error(
+                client_msg_id,
                 ErrorCode::RateLimited,
                 "the recipient is receiving too fast; retry later",
                 retry_after_ms,
             )
         }
-        Err(parley_router::SendError::MailboxFull { retry_after_ms }) => {
-            server_frame::Frame::SendError(SendError {
-                client_msg_id,
-                code: ErrorCode::MailboxFull.into(),
-                reason: "the recipient's mailbox is full; retry later".to_owned(),
-                retry_after_ms,
-            })
-        }
+        Err(parley_router::SendError::MailboxFull { retry_after_ms }) => send_error(
+            client_msg_id,
+            ErrorCode::MailboxFull,
+            "the recipient's mailbox is full; retry later",
+            retry_after_ms,
+        ),
         Err(parley_router::SendError::Router(err)) => {
             tracing::warn!(error = %err, "router failed");
-            refuse(ErrorCode::Internal, "router unavailable; retry")
+            send_error(
+                client_msg_id,
+                ErrorCode::Internal,
+                "router unavailable; retry",
+                0,
+            )
         }
     }
 }

@@ -259,8 +259,9 @@ impl Mailbox {
 
     /// Remembers the ack of a message `device` sent. A different device of
     /// the same user (after a re-registration) starts a new log: its
-    /// `client_msg_id`s are a new sequence. Returns the message ids of the
-    /// sends no longer remembered (for the journal to forget too).
+    /// `client_msg_id`s are a new sequence. The message ids of the sends no
+    /// longer remembered go to `forgotten`, when given (for the journal to
+    /// forget too; without one nothing is collected).
     pub(crate) fn record_sent(
         &mut self,
         device: DeviceId,
@@ -268,8 +269,13 @@ impl Mailbox {
         message_id: u64,
         timestamp_ms: u64,
         horizon: usize,
-    ) -> Vec<u64> {
-        let mut forgotten = Vec::new();
+        mut forgotten: Option<&mut Vec<u64>>,
+    ) {
+        let mut forget = |sent: Sent| {
+            if let Some(forgotten) = forgotten.as_deref_mut() {
+                forgotten.push(sent.message_id);
+            }
+        };
         if self.sent.device != device {
             let old = std::mem::replace(
                 &mut self.sent,
@@ -278,11 +284,11 @@ impl Mailbox {
                     recent: VecDeque::new(),
                 },
             );
-            forgotten.extend(old.recent.iter().map(|s| s.message_id));
+            old.recent.into_iter().for_each(&mut forget);
         }
         while self.sent.recent.len() >= horizon.max(1) {
             if let Some(old) = self.sent.recent.pop_front() {
-                forgotten.push(old.message_id);
+                forget(old);
             }
         }
         self.sent.recent.push_back(Sent {
@@ -290,7 +296,6 @@ impl Mailbox {
             message_id,
             timestamp_ms,
         });
-        forgotten
     }
 
     /// Nothing queued, no session, nothing to remember: the mailbox can go.

@@ -225,18 +225,17 @@ impl MemoryRouter {
         let mut forgotten = Vec::new();
         for sent in replayed.sent {
             restored.sends += 1;
-            forgotten.extend(
-                self.lock(self.shard_of(sent.user))
-                    .entry(sent.user)
-                    .or_default()
-                    .record_sent(
-                        sent.device,
-                        sent.client_msg_id,
-                        sent.message_id,
-                        sent.timestamp_ms,
-                        self.inner.config.dedupe_horizon,
-                    ),
-            );
+            self.lock(self.shard_of(sent.user))
+                .entry(sent.user)
+                .or_default()
+                .record_sent(
+                    sent.device,
+                    sent.client_msg_id,
+                    sent.message_id,
+                    sent.timestamp_ms,
+                    self.inner.config.dedupe_horizon,
+                    Some(&mut forgotten),
+                );
         }
         restored.sends -= forgotten.len();
         if !forgotten.is_empty() {
@@ -374,7 +373,9 @@ impl MemoryRouter {
             },
             config.window,
         );
-        let forgotten = pick(low, &mut first, second.as_deref_mut(), from_shard)
+        // Only a journal needs to know which sends were forgotten.
+        let mut forgotten = Vec::new();
+        pick(low, &mut first, second.as_deref_mut(), from_shard)
             .entry(from.user)
             .or_default()
             .record_sent(
@@ -383,6 +384,7 @@ impl MemoryRouter {
                 message_id,
                 timestamp_ms,
                 self.inner.config.dedupe_horizon,
+                self.journaled().then_some(&mut forgotten),
             );
         self.inner.metrics.messages_accepted.inc();
         let accepted = Accepted {
