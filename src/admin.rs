@@ -105,6 +105,11 @@ impl Default for Metrics {
         let router = RouterMetrics::default();
         let http = HttpMetrics::default();
         let rates = Family::<RateLabels, Gauge<f64, AtomicU64>>::default();
+        for counter in RATED {
+            for (window, _) in RATE_WINDOWS {
+                let _ = rates.get_or_create(&[("counter", counter), ("window", window)]);
+            }
+        }
         let mut registry = Registry::with_prefix("parley");
         gateway.register(registry.sub_registry_with_prefix("gateway"));
         router.register(registry.sub_registry_with_prefix("router"));
@@ -131,10 +136,37 @@ impl Default for Metrics {
     }
 }
 
+/// The counters that get rates, by the name `parley stats` shows.
+const RATED: [&str; 9] = [
+    "logins",
+    "messages_accepted",
+    "messages_delivered",
+    "receipts_acknowledged",
+    "frames_in",
+    "frames_out",
+    "bytes_in",
+    "bytes_out",
+    "codes_sent",
+];
+
 impl Metrics {
-    /// Registers registration's families (once, at start-up).
+    /// Registers registration's families (once, at start-up), and makes
+    /// every `(route, status)` series of the HTTP API exist from the start
+    /// (at 0), with a latency histogram for each route's success.
     pub fn add_registration(&mut self, registration: &RegistrationMetrics) {
         registration.register(self.registry.sub_registry_with_prefix("registration"));
+        for (route, statuses) in parley_registration::api::ROUTES {
+            for (at, &status) in statuses.iter().enumerate() {
+                let labels = RouteLabels {
+                    route: route.to_owned(),
+                    status,
+                };
+                let _ = self.http.requests.get_or_create(&labels);
+                if at == 0 {
+                    let _ = self.http.duration_seconds.get_or_create(&labels);
+                }
+            }
+        }
     }
 
     /// The Prometheus text exposition of every family.
@@ -145,22 +177,20 @@ impl Metrics {
         out
     }
 
-    /// The counters that get rates, by the name `parley stats` shows.
+    /// The counters that get rates, in the order of [`RATED`].
     fn rated(&self, registration: &RegistrationMetrics) -> Vec<(&'static str, Counter)> {
-        vec![
-            ("logins", self.gateway.logins.clone()),
-            ("messages_accepted", self.router.messages_accepted.clone()),
-            ("messages_delivered", self.router.messages_delivered.clone()),
-            (
-                "receipts_acknowledged",
-                self.router.receipts_acknowledged.clone(),
-            ),
-            ("frames_in", self.gateway.frames_in.clone()),
-            ("frames_out", self.gateway.frames_out.clone()),
-            ("bytes_in", self.gateway.bytes_in.clone()),
-            ("bytes_out", self.gateway.bytes_out.clone()),
-            ("codes_sent", registration.codes_sent.clone()),
-        ]
+        let counters = [
+            self.gateway.logins.clone(),
+            self.router.messages_accepted.clone(),
+            self.router.messages_delivered.clone(),
+            self.router.receipts_acknowledged.clone(),
+            self.gateway.frames_in.clone(),
+            self.gateway.frames_out.clone(),
+            self.gateway.bytes_in.clone(),
+            self.gateway.bytes_out.clone(),
+            registration.codes_sent.clone(),
+        ];
+        RATED.into_iter().zip(counters).collect()
     }
 }
 

@@ -5,18 +5,29 @@
 //! over a default that works on a laptop. [`Settings`] is the raw, all-
 //! optional form the three sources share; [`Config::resolve`] merges them and
 //! validates the result, reporting every problem at once rather than the
-//! first.
+//! first, each named as the operator wrote it: `--idle-timeout`,
+//! `PARLEY_IDLE_TIMEOUT`, or `idle_timeout in parley.toml`.
+//!
+//! Flags are parsed by clap ([`Cli::parse_args`]); a bad flag stops there,
+//! with clap's usage message. The environment and the file are read by
+//! [`Config::resolve`] with the same parsers, one variable and one key at a
+//! time, so that every bad one is reported, under its own name.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::{ContextKind, ContextValue};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use parley_gateway::GatewayConfig;
 use parley_registration::RegistrationConfig;
 use parley_router::ratelimit::Rate;
 use parley_router::{JournalConfig, MemoryConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::tls::{self, CertFiles, TlsError};
 
 /// Parley messenger server: gateway, router and registration in one process.
 ///
@@ -63,7 +74,8 @@ pub enum Command {
     /// sessions, queue depth, and the rates of the key counters over 1 s,
     /// 10 s and 100 s.
     Stats {
-        /// The node's admin listener.
+        /// The node's admin listener, e.g. 127.0.0.1:9090 (`http://` may be
+        /// left out).
         #[arg(long, default_value = "http://127.0.0.1:9090", value_name = "URL")]
         admin: String,
         /// Seconds between screens.
@@ -76,7 +88,7 @@ pub enum Command {
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One line per event, for people.
@@ -87,7 +99,7 @@ pub enum LogFormat {
 }
 
 /// What a server ack promises (docs/guarantees.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every accepted message, receipt and acknowledgement is in the
@@ -100,8 +112,10 @@ pub enum Durability {
 }
 
 /// Every setting, each optional so that flags, environment and file can be
-/// layered. Durations are whole seconds.
-#[derive(Debug, Default, Args, Deserialize)]
+/// layered. Durations are whole seconds. The field names are the file's
+/// keys; the flags are the same names in kebab case, the environment
+/// variables the same in upper case after `PARLEY_` (a unit test holds this).
+#[derive(Debug, Default, Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Directory for the database, keys, certificate and development outbox.
@@ -109,17 +123,21 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Where phones connect (TLS + WebSocket). [default: 127.0.0.1:5443]
-    #[arg(long, env = "PARLEY_GATEWAY_ADDR", value_name = "ADDR")]
+    /// Where phones connect (TLS + WebSocket): IP:PORT, or a host name and
+    /// port such as localhost:5443. [default: 127.0.0.1:5443]
+    #[arg(long, env = "PARLEY_GATEWAY_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
+    #[serde(default, deserialize_with = "listen_addr")]
     pub gateway_addr: Option<SocketAddr>,
 
     /// Where the HTTPS API (registration, contacts) listens. [default: 127.0.0.1:8443]
-    #[arg(long, env = "PARLEY_HTTP_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "PARLEY_HTTP_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
+    #[serde(default, deserialize_with = "listen_addr")]
     pub http_addr: Option<SocketAddr>,
 
     /// Where the plain-HTTP admin endpoints (/metrics, /healthz, /readyz)
     /// listen. Keep it private. [default: 127.0.0.1:9090]
-    #[arg(long, env = "PARLEY_ADMIN_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "PARLEY_ADMIN_ADDR", value_name = "ADDR", value_parser = parse_listen_addr)]
+    #[serde(default, deserialize_with = "listen_addr")]
     pub admin_addr: Option<SocketAddr>,
 
     /// Account database: sqlite://PATH?mode=rwc or postgres://...
@@ -129,21 +147,13 @@ pub struct Settings {
 
     /// PEM certificate chain for both listeners. Without it (and --tls-key) a
     /// self-signed certificate is generated in <data-dir>/tls on first start.
-    #[arg(
-        long,
-        env = "PARLEY_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
+    // Given together; checked once flags, environment and file are merged
+    // (clap sees only the flags).
+    #[arg(long, env = "PARLEY_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for --tls-cert.
-    #[arg(
-        long,
-        env = "PARLEY_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
+    #[arg(long, env = "PARLEY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
     /// Extra host names or IP addresses for the generated self-signed
@@ -285,52 +295,29 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// `self` where set, else `lower`.
+    /// `self` where set, else `lower`. Key by key through serde (TOML
+    /// leaves unset options out), so no list of fields is kept by hand.
     fn over(self, lower: Settings) -> Settings {
-        Settings {
-            data_dir: self.data_dir.or(lower.data_dir),
-            gateway_addr: self.gateway_addr.or(lower.gateway_addr),
-            http_addr: self.http_addr.or(lower.http_addr),
-            admin_addr: self.admin_addr.or(lower.admin_addr),
-            database_url: self.database_url.or(lower.database_url),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            tls_hostnames: self.tls_hostnames.or(lower.tls_hostnames),
-            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
-            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
-            write_timeout: self.write_timeout.or(lower.write_timeout),
-            max_connections: self.max_connections.or(lower.max_connections),
-            delivery_window: self.delivery_window.or(lower.delivery_window),
-            dedupe_horizon: self.dedupe_horizon.or(lower.dedupe_horizon),
-            mailbox_max_messages: self.mailbox_max_messages.or(lower.mailbox_max_messages),
-            mailbox_max_bytes: self.mailbox_max_bytes.or(lower.mailbox_max_bytes),
-            message_ttl_days: self.message_ttl_days.or(lower.message_ttl_days),
-            frames_per_second: self.frames_per_second.or(lower.frames_per_second),
-            frames_burst: self.frames_burst.or(lower.frames_burst),
-            messages_per_second: self.messages_per_second.or(lower.messages_per_second),
-            messages_burst: self.messages_burst.or(lower.messages_burst),
-            inbound_bytes_per_second: self
-                .inbound_bytes_per_second
-                .or(lower.inbound_bytes_per_second),
-            inbound_bytes_burst: self.inbound_bytes_burst.or(lower.inbound_bytes_burst),
-            token_ttl_days: self.token_ttl_days.or(lower.token_ttl_days),
-            code_ttl: self.code_ttl.or(lower.code_ttl),
-            code_interval: self.code_interval.or(lower.code_interval),
-            codes_per_day: self.codes_per_day.or(lower.codes_per_day),
-            codes_per_ip_burst: self.codes_per_ip_burst.or(lower.codes_per_ip_burst),
-            codes_per_ip_per_minute: self
-                .codes_per_ip_per_minute
-                .or(lower.codes_per_ip_per_minute),
-            verifies_per_ip_burst: self.verifies_per_ip_burst.or(lower.verifies_per_ip_burst),
-            verifies_per_ip_per_minute: self
-                .verifies_per_ip_per_minute
-                .or(lower.verifies_per_ip_per_minute),
-            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
-            log_format: self.log_format.or(lower.log_format),
-            durability: self.durability.or(lower.durability),
-            journal_path: self.journal_path.or(lower.journal_path),
-            journal_cache_mib: self.journal_cache_mib.or(lower.journal_cache_mib),
+        let mut upper = self.table();
+        for (key, value) in lower.table() {
+            upper.entry(key).or_insert(value);
         }
+        toml::Value::Table(upper)
+            .try_into()
+            .expect("a merge of two valid Settings is valid")
+    }
+
+    /// The set keys and their values.
+    fn table(&self) -> toml::Table {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => unreachable!("Settings serialises to a table"),
+        }
+    }
+
+    /// The keys this layer sets.
+    fn keys(&self) -> BTreeSet<String> {
+        self.table().into_iter().map(|(key, _)| key).collect()
     }
 }
 
@@ -367,43 +354,114 @@ pub struct Config {
 pub struct ConfigError(pub Vec<String>);
 
 impl Config {
-    /// Merges flags and environment (`cli`) over the file it names, if any,
-    /// over the defaults, and validates the result.
-    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
-        let file = match &cli.config {
-            Some(path) => read_file(path)?,
+    /// Merges the flags (`cli`) over the environment (`env`: a variable's
+    /// value by name; `std::env::var_os` in the server) over the file named
+    /// by `--config` or `PARLEY_CONFIG`, over the defaults, and validates
+    /// the result. Every problem of every source is reported at once.
+    pub fn resolve(
+        cli: Cli,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let (env_config, env_settings) = env_layer(env, &mut problems);
+        let mut sources = Sources {
+            flags: cli.settings.keys(),
+            env: env_settings.keys(),
+            file: None,
+        };
+        let file = match cli.config.or(env_config) {
+            Some(path) => {
+                let file = read_file(&path, &mut problems);
+                sources.file = Some((path, file.keys()));
+                file
+            }
             None => Settings::default(),
         };
-        Config::from_settings(cli.settings.over(file))
+        let merged = cli.settings.over(env_settings).over(file);
+        match Config::validate(merged, &sources) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError(problems)),
+            Err(ConfigError(more)) => {
+                problems.extend(more);
+                Err(ConfigError(problems))
+            }
+        }
     }
 
-    /// Applies defaults to `s` and validates it.
+    /// Applies defaults to `s` and validates it (problems named by key).
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        Config::validate(s, &Sources::default())
+    }
+
+    /// Applies defaults to `s` and validates it, naming each problem's
+    /// setting as `sources` says it was given.
+    fn validate(s: Settings, sources: &Sources) -> Result<Config, ConfigError> {
+        let name = |key: &str| sources.name(key);
         let mut problems = Vec::new();
         let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("parley-data"));
         let database_url = s.database_url.unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("parley.db").display())
         });
         if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
-            problems.push("database_url must start with sqlite: or postgres://".to_owned());
+            problems.push(format!(
+                "{}: must start with sqlite: or postgres://",
+                name("database_url")
+            ));
         }
         let tls = match (s.tls_cert, s.tls_key) {
-            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (Some(cert), Some(key)) => {
+                let files = CertFiles { cert, key };
+                // Read now, so that a bad file is reported with the rest
+                // (exit 2), each problem blaming its own file.
+                if let Err(found) = tls::check(&files) {
+                    problems.extend(found.iter().map(|problem| {
+                        let blamed = match problem {
+                            TlsError::Read { path, .. } | TlsError::NotPem(path)
+                                if *path == files.key =>
+                            {
+                                name("tls_key")
+                            }
+                            TlsError::KeyIsCert(_)
+                            | TlsError::NoKey(_)
+                            | TlsError::BadKey { .. } => name("tls_key"),
+                            TlsError::Mismatch { .. } => {
+                                format!("{} and {}", name("tls_cert"), name("tls_key"))
+                            }
+                            _ => name("tls_cert"),
+                        };
+                        format!("{blamed}: {problem}")
+                    }));
+                }
+                TlsSource::Files {
+                    cert: files.cert,
+                    key: files.key,
+                }
+            }
             (None, None) => TlsSource::SelfSigned {
                 extra_names: s.tls_hostnames.unwrap_or_default(),
             },
-            _ => {
-                problems.push("tls_cert and tls_key must be given together".to_owned());
+            (cert, _) => {
+                let (given, missing) = if cert.is_some() {
+                    ("tls_cert", "tls_key")
+                } else {
+                    ("tls_key", "tls_cert")
+                };
+                problems.push(format!(
+                    "{} is given without {}: give both (certificate chain and private key) or neither",
+                    name(given),
+                    name(missing)
+                ));
                 TlsSource::SelfSigned {
                     extra_names: Vec::new(),
                 }
             }
         };
-        let mut seconds = |name: &str, value: Option<u64>, default: u64, min: u64| {
+        let mut seconds = |key: &str, value: Option<u64>, default: u64, min: u64| {
             let value = value.unwrap_or(default);
             if value < min {
                 problems.push(format!(
-                    "{name} must be at least {min} seconds, not {value}"
+                    "{}: must be at least {min} seconds, not {value}",
+                    sources.name(key)
                 ));
             }
             Duration::from_secs(value)
@@ -417,15 +475,15 @@ impl Config {
         let token_ttl_days = s.token_ttl_days.unwrap_or(365);
         let codes_per_day = s.codes_per_day.unwrap_or(5);
         if codes_per_day == 0 {
-            problems.push("codes_per_day must be at least 1".to_owned());
+            problems.push(format!("{}: must be at least 1", name("codes_per_day")));
         }
         if token_ttl_days == 0 {
-            problems.push("token_ttl_days must be at least 1".to_owned());
+            problems.push(format!("{}: must be at least 1", name("token_ttl_days")));
         }
-        let mut at_least_one = |name: &str, value: Option<usize>, default: usize| {
+        let mut at_least_one = |key: &str, value: Option<usize>, default: usize| {
             let value = value.unwrap_or(default);
             if value == 0 {
-                problems.push(format!("{name} must be at least 1"));
+                problems.push(format!("{}: must be at least 1", sources.name(key)));
             }
             value
         };
@@ -442,19 +500,29 @@ impl Config {
         let max_queued_bytes = s.mailbox_max_bytes.unwrap_or(defaults.max_queued_bytes);
         if max_queued_bytes < parley_proto::limits::MAX_FRAME_BYTES {
             problems.push(format!(
-                "mailbox_max_bytes must be at least {} (one largest message)",
+                "{}: must be at least {} (one largest message)",
+                name("mailbox_max_bytes"),
                 parley_proto::limits::MAX_FRAME_BYTES
             ));
         }
         let gateway_defaults = GatewayConfig::default();
-        let mut rate = |name: &str, burst: Option<f64>, per_second: Option<f64>, default: Rate| {
+        let mut rate = |key: &str, burst: Option<f64>, per_second: Option<f64>, default: Rate| {
             let rate = Rate::new(
                 burst.unwrap_or(default.burst),
                 per_second.unwrap_or(default.per_second),
             );
-            if !(rate.burst >= 1.0 && rate.per_second > 0.0) {
+            if !(rate.burst >= 1.0 && rate.burst.is_finite()) {
                 problems.push(format!(
-                    "{name}: the burst must be at least 1 and the rate above 0"
+                    "{}: must be at least 1, not {}",
+                    sources.name(&format!("{key}_burst")),
+                    rate.burst
+                ));
+            }
+            if !(rate.per_second > 0.0 && rate.per_second.is_finite()) {
+                problems.push(format!(
+                    "{}: must be above 0, not {}",
+                    sources.name(&format!("{key}_per_second")),
+                    rate.per_second
                 ));
             }
             rate
@@ -479,7 +547,8 @@ impl Config {
         );
         if inbound_bytes.burst < parley_proto::limits::MAX_BODY_BYTES as f64 {
             problems.push(format!(
-                "inbound_bytes_burst must be at least {} (one largest message)",
+                "{}: must be at least {} (one largest message)",
+                name("inbound_bytes_burst"),
                 parley_proto::limits::MAX_BODY_BYTES
             ));
         }
@@ -496,10 +565,32 @@ impl Config {
         };
         let message_ttl_days = s.message_ttl_days.unwrap_or(30);
         if message_ttl_days == 0 {
-            problems.push("message_ttl_days must be at least 1".to_owned());
+            problems.push(format!("{}: must be at least 1", name("message_ttl_days")));
         }
-        if !problems.is_empty() {
-            return Err(ConfigError(problems));
+        let gateway_addr = s
+            .gateway_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5443)));
+        let http_addr = s
+            .http_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let admin_addr = s
+            .admin_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+        let listeners = [
+            ("gateway_addr", gateway_addr),
+            ("http_addr", http_addr),
+            ("admin_addr", admin_addr),
+        ];
+        for (at, (first, a)) in listeners.iter().enumerate() {
+            for (second, b) in &listeners[at + 1..] {
+                if a == b && a.port() != 0 {
+                    problems.push(format!(
+                        "{} and {} are the same address ({a}): each listener needs its own port",
+                        name(first),
+                        name(second)
+                    ));
+                }
+            }
         }
 
         let gateway = GatewayConfig {
@@ -517,7 +608,7 @@ impl Config {
             dedupe_horizon,
             max_queued_messages,
             max_queued_bytes,
-            ttl: Duration::from_secs(message_ttl_days * 24 * 3600),
+            ttl: Duration::from_secs(message_ttl_days.saturating_mul(24 * 3600)),
             inbound_bytes,
             ..defaults
         };
@@ -538,25 +629,22 @@ impl Config {
             verifies_per_ip_per_minute: s
                 .verifies_per_ip_per_minute
                 .unwrap_or(registration_defaults.verifies_per_ip_per_minute),
-            token_ttl: Duration::from_secs(token_ttl_days * 24 * 3600),
+            token_ttl: Duration::from_secs(token_ttl_days.saturating_mul(24 * 3600)),
             ..registration_defaults
         };
         // The registration crate knows its own invariants; a setting exposed
         // here must not be able to break them.
-        registration
-            .validate()
-            .map_err(|err| ConfigError(err.problems))?;
+        if let Err(err) = registration.validate() {
+            problems.extend(err.problems);
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
         Ok(Config {
             data_dir,
-            gateway_addr: s
-                .gateway_addr
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5443))),
-            http_addr: s
-                .http_addr
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
-            admin_addr: s
-                .admin_addr
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            gateway_addr,
+            http_addr,
+            admin_addr,
             database_url,
             tls,
             gateway,
@@ -569,10 +657,249 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
-    toml::from_str(&text).map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))
+/// Where each set key came from, so a problem names it as the operator
+/// wrote it.
+#[derive(Debug, Default)]
+struct Sources {
+    flags: BTreeSet<String>,
+    env: BTreeSet<String>,
+    /// The file and the keys it set.
+    file: Option<(PathBuf, BTreeSet<String>)>,
+}
+
+impl Sources {
+    /// `--idle-timeout`, `PARLEY_IDLE_TIMEOUT`, `idle_timeout in FILE`, or
+    /// the bare key for a default.
+    fn name(&self, key: &str) -> String {
+        if self.flags.contains(key) {
+            format!("--{}", key.replace('_', "-"))
+        } else if self.env.contains(key) {
+            env_var(key)
+        } else if let Some((path, keys)) = &self.file
+            && keys.contains(key)
+        {
+            format!("{key} in {}", path.display())
+        } else {
+            key.to_owned()
+        }
+    }
+}
+
+/// The environment variable of a setting.
+fn env_var(key: &str) -> String {
+    format!("PARLEY_{}", key.to_ascii_uppercase())
+}
+
+impl Cli {
+    /// Parses the command line (only: the environment is read by
+    /// [`Config::resolve`]). A bad flag, `--help` and `--version` end the
+    /// process here, as clap does (exit 2 for an error).
+    pub fn parse_args() -> Cli {
+        let matches = command().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+
+    /// [`Cli::parse_args`] on given arguments, for tests.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+    }
+}
+
+/// The command line parser: [`Cli`]'s, with the environment variables
+/// shown in the help but not read by clap (which would report a bad
+/// variable as a bad flag, and stop at the first).
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+            return arg;
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let long = arg
+            .get_long_help()
+            .map_or_else(|| help.clone(), ToString::to_string);
+        arg.env(None)
+            .help(format!("{help} [env: {var}]"))
+            .long_help(format!("{long}\n[env: {var}]"))
+    })
+}
+
+/// The settings (and `--config` file) given by `PARLEY_*` variables.
+/// Each variable is parsed on its own with its flag's parser, so every bad
+/// one becomes a problem naming the variable; the good ones are kept.
+fn env_layer(
+    env: &dyn Fn(&str) -> Option<OsString>,
+    problems: &mut Vec<String>,
+) -> (Option<PathBuf>, Settings) {
+    let parser = command();
+    let mut argv: Vec<OsString> = vec!["parley".into()];
+    for arg in Cli::command().get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let var = var.to_string_lossy();
+        let Some(value) = env(&var).filter(|value| !value.is_empty()) else {
+            continue;
+        };
+        let mut flag = OsString::from(format!("--{long}="));
+        flag.push(&value);
+        match parser
+            .clone()
+            .try_get_matches_from(["parley".into(), flag.clone()])
+        {
+            Ok(_) => argv.push(flag),
+            Err(err) => {
+                let detail = clap_detail(&err);
+                let expected = match arg.get_value_names().and_then(|names| names.first()) {
+                    Some(name) if !detail.starts_with("expected") => format!(" (expected {name})"),
+                    _ => String::new(),
+                };
+                problems.push(format!(
+                    "{var}={:?}: {detail}{expected}",
+                    value.to_string_lossy()
+                ));
+            }
+        }
+    }
+    match parser
+        .try_get_matches_from(argv)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
+        Ok(cli) => (cli.config, cli.settings),
+        Err(err) => {
+            // Each variable parsed alone; together they can only clash.
+            problems.push(format!("environment: {}", clap_detail(&err)));
+            (None, Settings::default())
+        }
+    }
+}
+
+/// What was wrong with a value, without clap's framing (which names the
+/// flag and suggests `--help`).
+fn clap_detail(err: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(err) {
+        return source.to_string();
+    }
+    if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {
+        return format!("expected one of: {}", valid.join(", "));
+    }
+    let rendered = err.to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+/// The settings in the TOML file at `path`. A syntax error is one problem;
+/// otherwise each key is read on its own, so every unknown key and every
+/// bad value is a problem naming the file and the key, and the good keys
+/// are kept.
+fn read_file(path: &Path, problems: &mut Vec<String>) -> Settings {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            problems.push(format!("cannot read the configuration file {shown}: {err}"));
+            return Settings::default();
+        }
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(err) => {
+            let detail = err.to_string().trim_end().replace('\n', "\n    ");
+            problems.push(format!("{shown} is not valid TOML: {detail}"));
+            return Settings::default();
+        }
+    };
+    let known: Vec<String> = Cli::command()
+        .get_arguments()
+        .filter(|arg| arg.get_env().is_some() && arg.get_id() != "config")
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    let mut settings = Settings::default();
+    for (key, value) in table {
+        if !known.contains(&key) {
+            let hint = closest(&key, &known)
+                .map(|near| format!(" (did you mean `{near}`?)"))
+                .unwrap_or_default();
+            problems.push(format!("{shown}: unknown setting `{key}`{hint}"));
+            continue;
+        }
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value);
+        match toml::Value::Table(one).try_into::<Settings>() {
+            Ok(one) => settings = settings.over(one),
+            Err(err) => problems.push(format!("{key} in {shown}: {}", err.message())),
+        }
+    }
+    settings
+}
+
+/// The known key nearest to `key`, if it is a likely typo.
+fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), candidate))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate.as_str())
+}
+
+/// Levenshtein distance, for typo hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` with a name this machine
+/// resolves (`localhost:5443` is 127.0.0.1:5443).
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} is not HOST:PORT: give an address and a port, e.g. 127.0.0.1:5443"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number (0 to 65535)"))?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| {
+            format!("cannot resolve {host:?}: use an IP address, e.g. 127.0.0.1:{port} or 0.0.0.0:{port}")
+        })?
+        .collect();
+    // IPv4 first: a name that resolves to both is most often meant as the
+    // address everything can reach.
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address: use an IP address"))
+}
+
+/// serde's side of [`parse_listen_addr`], for the file.
+fn listen_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen_addr(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -619,5 +946,170 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<Settings>("gateway_adr = \"x\"").is_err());
+    }
+
+    /// `resolve` with these flags and this environment.
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_args(std::iter::once("parley").chain(args.iter().copied()))
+            .expect("flags parse");
+        let env: std::collections::HashMap<String, OsString> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        Config::resolve(cli, &|name| env.get(name).cloned())
+    }
+
+    fn problems(result: Result<Config, ConfigError>) -> Vec<String> {
+        result.expect_err("invalid").0
+    }
+
+    #[test]
+    fn every_setting_has_the_variable_and_flag_its_key_names() {
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(var) = arg.get_env() else { continue };
+            assert_eq!(var.to_string_lossy(), env_var(id), "{id}");
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
+        }
+    }
+
+    #[test]
+    fn bad_variables_are_named_as_variables_and_all_reported() {
+        let found = problems(resolve(
+            &[],
+            &[
+                ("PARLEY_IDLE_TIMEOUT", "soon"),
+                ("PARLEY_GATEWAY_ADDR", "nowhere"),
+                ("PARLEY_LOG_FORMAT", "xml"),
+                ("PARLEY_DELIVERY_WINDOW", "0"),
+            ],
+        ));
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].starts_with("PARLEY_GATEWAY_ADDR=\"nowhere\": "),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("PARLEY_IDLE_TIMEOUT=\"soon\": ")
+                    && p.ends_with("(expected SECS)")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("PARLEY_LOG_FORMAT=\"xml\": expected one of: human, json"))
+        );
+        assert!(found.contains(&"PARLEY_DELIVERY_WINDOW: must be at least 1".to_owned()));
+        assert!(found.iter().all(|p| !p.contains("--")), "{found:#?}");
+    }
+
+    #[test]
+    fn flags_beat_variables_beat_the_file_and_problems_name_their_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("parley.toml");
+        std::fs::write(
+            &file,
+            "idle_timeout = 1\nwrite_timeout = 7\ndelivery_window = 3\n",
+        )
+        .expect("write");
+        let file_arg = file.to_string_lossy().into_owned();
+        let found = problems(resolve(
+            &["--config", &file_arg, "--delivery-window", "0"],
+            &[("PARLEY_WRITE_TIMEOUT", "0")],
+        ));
+        assert_eq!(
+            found,
+            [
+                format!(
+                    "idle_timeout in {}: must be at least 5 seconds, not 1",
+                    file.display()
+                ),
+                "PARLEY_WRITE_TIMEOUT: must be at least 1 seconds, not 0".to_owned(),
+                "--delivery-window: must be at least 1".to_owned(),
+            ]
+        );
+        let config = resolve(
+            &["--config", &file_arg, "--idle-timeout", "60"],
+            &[("PARLEY_WRITE_TIMEOUT", "9")],
+        )
+        .expect("valid");
+        assert_eq!(config.gateway.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.gateway.write_timeout, Duration::from_secs(9));
+        assert_eq!(config.router.window, 3);
+    }
+
+    #[test]
+    fn the_file_is_read_key_by_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("parley.toml");
+        let file_arg = file.to_string_lossy().into_owned();
+        std::fs::write(
+            &file,
+            "gateway_adr = \"0.0.0.0:5443\"\nidle_timeout = \"90\"\nhttp_addr = \"localhost:1\"\n",
+        )
+        .expect("write");
+        let found = problems(resolve(
+            &["--config", &file_arg],
+            &[("PARLEY_CONFIG", "/nope")],
+        ));
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("unknown setting `gateway_adr` (did you mean `gateway_addr`?)"));
+        assert!(found[1].starts_with(&format!("idle_timeout in {}: ", file.display())));
+        // PARLEY_CONFIG names the file when the flag does not.
+        std::fs::write(&file, "idle_timeout = [\n").expect("write");
+        let found = problems(resolve(&[], &[("PARLEY_CONFIG", &file_arg)]));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].contains("is not valid TOML") && found[0].contains("line"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_and_each_blames_its_own_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = crate::tls::files(
+            &TlsSource::SelfSigned {
+                extra_names: Vec::new(),
+            },
+            dir.path(),
+        )
+        .expect("generated");
+        let (cert, key) = (
+            files.cert.to_string_lossy().into_owned(),
+            files.key.to_string_lossy().into_owned(),
+        );
+        let found = problems(resolve(&["--tls-cert", &cert, "--tls-key", &cert], &[]));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("--tls-key: ") && found[0].contains("not a private key"),
+            "{found:#?}"
+        );
+        let found = problems(resolve(&["--tls-key", &key], &[("PARLEY_TLS_CERT", &key)]));
+        assert!(found[0].starts_with("PARLEY_TLS_CERT: "), "{found:#?}");
+        let found = problems(resolve(&["--tls-cert", &cert], &[]));
+        assert!(found[0].contains("without tls_key"), "{found:#?}");
+        resolve(&["--tls-cert", &cert, "--tls-key", &key], &[]).expect("a good pair");
+    }
+
+    #[test]
+    fn listen_addresses_take_ips_and_names() {
+        assert_eq!(
+            parse_listen_addr("localhost:5443"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 5443)))
+        );
+        assert_eq!(parse_listen_addr("[::1]:1").map(|a| a.is_ipv6()), Ok(true));
+        assert!(
+            parse_listen_addr("5443")
+                .expect_err("no host")
+                .contains("HOST:PORT")
+        );
+        assert!(parse_listen_addr("localhost:99999").is_err());
+        let config = resolve(&["--gateway-addr", "localhost:5443"], &[]).expect("valid");
+        assert_eq!(config.gateway_addr.to_string(), "127.0.0.1:5443");
+        let found = problems(resolve(&["--http-addr", "127.0.0.1:5443"], &[]));
+        assert!(found[0].contains("are the same address"), "{found:#?}");
     }
 }

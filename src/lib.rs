@@ -9,7 +9,9 @@
 //! Modules:
 //! - [`admin`]: metrics, rates, liveness and readiness for operators.
 //! - [`config`]: the typed configuration (flags, environment, file).
-//! - [`tls`]: the certificate (given, or generated on first start).
+//! - [`datadir`]: the data directory: private, and claimed by one server.
+//! - [`tls`]: the certificate (given, or generated on first start), reloaded
+//!   on `SIGHUP`.
 //! - [`https`]: serving the HTTP API over TLS.
 //! - [`provision`]: accounts in bulk for benchmarks (`parley provision`).
 //! - [`stats`]: the operator's live view (`parley stats`).
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod datadir;
 pub mod https;
 pub mod provision;
 pub mod stats;
@@ -37,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
 use admin::{Admin, Metrics};
+use datadir::DataDir;
 use tokio::sync::watch;
 
 pub use config::Config;
@@ -53,17 +57,38 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds both addresses with a listen backlog large enough for a burst
-    /// of reconnecting phones (tokio's default is 1024).
+    /// Binds the three addresses with a listen backlog large enough for a
+    /// burst of reconnecting phones (tokio's default is 1024). A failure
+    /// says in words what is wrong and which setting changes it.
     pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let listen = |what: &str, addr: std::net::SocketAddr, flag: &str| {
+            bind(addr).map_err(|err| anyhow::anyhow!(bind_error(what, addr, flag, &err)))
+        };
         Ok(Listeners {
-            gateway: bind(config.gateway_addr)
-                .with_context(|| format!("cannot listen on {}", config.gateway_addr))?,
-            http: bind(config.http_addr)
-                .with_context(|| format!("cannot listen on {}", config.http_addr))?,
-            admin: bind(config.admin_addr)
-                .with_context(|| format!("cannot listen on {}", config.admin_addr))?,
+            gateway: listen("phones", config.gateway_addr, "--gateway-addr")?,
+            http: listen("the HTTPS API", config.http_addr, "--http-addr")?,
+            admin: listen("the admin endpoint", config.admin_addr, "--admin-addr")?,
         })
+    }
+}
+
+/// Why `addr` cannot be listened on, for a person.
+fn bind_error(what: &str, addr: std::net::SocketAddr, flag: &str, err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::AddrInUse => format!(
+            "cannot listen for {what} on {addr}: the address is already in use. Is another \
+             parley (or another program) running there? Stop it, or choose another port with {flag}"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "cannot listen for {what} on {addr}: not allowed (ports below 1024 need privileges); \
+             choose another port with {flag}"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "cannot listen for {what} on {addr}: that is not an address of this machine; \
+             choose one with {flag} (0.0.0.0 listens on all of them)"
+        ),
+        _ => format!("cannot listen for {what} on {addr} ({flag}): {err}"),
     }
 }
 
@@ -102,16 +127,18 @@ impl<R: Router> DeviceEvents for RevokeSessions<R> {
 
 /// Runs every part of Parley on `listeners` until `shutdown` completes, then
 /// drains: sessions are told to reconnect, requests in progress finish.
+/// `data_dir` is the claimed data directory, released when this returns.
 pub async fn run(
     config: Config,
+    data_dir: DataDir,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let identity = tls::identity(&config.tls, data_dir).context("TLS certificate")?;
-    let tls = tls::server_config(&identity).context("TLS configuration")?;
+    let data_dir = data_dir.path().to_owned();
+    let data_dir = &data_dir;
+    let cert_files = tls::files(&config.tls, data_dir).context("TLS certificate")?;
+    let certificate = tls::Certificate::load(cert_files).context("TLS certificate")?;
+    let tls = tls::server_config(certificate.clone()).context("TLS configuration")?;
 
     let store = AccountStore::connect(&config.database_url)
         .await
@@ -145,11 +172,15 @@ pub async fn run(
             router
         }
     };
+    // Created now, so that the file a developer is told to watch exists
+    // from the first start, before the first SMS.
     let outbox = data_dir.join("outbox.jsonl");
+    let sms = OutboxSms::create(&outbox)
+        .with_context(|| format!("cannot create the SMS outbox {}", outbox.display()))?;
     let registration = RegistrationState::new(
         store.clone(),
         keys.clone(),
-        Arc::new(OutboxSms::new(&outbox)),
+        Arc::new(sms),
         Arc::new(RevokeSessions(router.clone())),
         config.registration.clone(),
     );
@@ -179,7 +210,7 @@ pub async fn run(
         gateway = %format!("wss://{gateway_addr}/v1/ws"),
         http = %format!("https://{http_addr}"),
         admin = %format!("http://{admin_addr}/metrics"),
-        cert = %identity.cert_path.display(),
+        cert = %certificate.files().cert.display(),
         outbox = %outbox.display(),
         "parley is serving"
     );
@@ -201,6 +232,7 @@ pub async fn run(
         limits,
         stopped(stop_rx.clone()),
     ));
+    let reload_task = tokio::spawn(reload_on_hangup(certificate, stopped(stop_rx.clone())));
     let tick_task = tokio::spawn(admin::tick(
         metrics,
         registration_metrics,
@@ -217,17 +249,23 @@ pub async fn run(
     });
     ready.store(true, Ordering::Relaxed);
     // A stable line on stdout for scripts and tests to wait for, once every
-    // listener is served and the node reports ready.
-    println!("parley ready gateway={gateway_addr} http={http_addr} admin={admin_addr}");
+    // listener is served and the node reports ready. The pid is also in
+    // <data-dir>/parley.pid.
+    println!(
+        "parley ready pid={} gateway={gateway_addr} http={http_addr} admin={admin_addr}",
+        std::process::id()
+    );
 
     shutdown.await;
     tracing::info!("shutting down");
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let (gateway, http, tick) = tokio::join!(gateway_task, http_task, tick_task);
+    let (gateway, http, tick, reload) =
+        tokio::join!(gateway_task, http_task, tick_task, reload_task);
     gateway.context("gateway task")?;
     http.context("https task")?;
     tick.context("metrics task")?;
+    reload.context("certificate reload task")?;
     // Sessions are closed: whatever they changed is written before exit.
     router.flush().await;
     drop(router);
@@ -238,4 +276,42 @@ pub async fn run(
         .context("admin listener")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the TLS certificate and key again on every `SIGHUP`, until `stop`.
+/// New connections get the new pair; live sessions keep theirs; a pair that
+/// does not load is refused and the current one stays.
+async fn reload_on_hangup(certificate: Arc<tls::Certificate>, stop: impl Future<Output = ()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGHUP: the certificate reloads only on restart");
+                return;
+            }
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = hangups.recv() => {}
+            }
+            let cert = certificate.files().cert.display().to_string();
+            match certificate.reload() {
+                Ok(()) => {
+                    tracing::info!(%cert, "SIGHUP: TLS certificate reloaded; new connections use it")
+                }
+                Err(error) => tracing::error!(
+                    %cert, %error,
+                    "SIGHUP: TLS certificate NOT reloaded; the current one stays in use"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (certificate, stop.await);
+    }
 }

@@ -1,11 +1,22 @@
-//! `parley`: parse the configuration, set up logging, bind, run.
+//! `parley`: parse the configuration, set up logging, claim the data
+//! directory, bind, run.
+//!
+//! Every error that ends the process is one line (or one list, for the
+//! configuration) on stderr, never a backtrace, whatever `RUST_BACKTRACE`
+//! says: an operator's mistake gets a message that says what to do. Exit
+//! status 2 is a bad configuration, 1 anything else.
 
-use clap::Parser;
+use std::process::ExitCode;
+
 use parley::config::{Cli, Command, Config, LogFormat};
+use parley::datadir::{self, DataDir};
 use parley::{Listeners, run};
 
-fn main() -> anyhow::Result<()> {
-    let mut cli = Cli::parse();
+fn main() -> ExitCode {
+    // Before anything creates a file: the data directory holds message
+    // bodies, phone numbers, codes and keys.
+    datadir::restrict_umask();
+    let mut cli = Cli::parse_args();
     let command = cli.command.take();
     if let Some(Command::Stats {
         admin,
@@ -14,32 +25,56 @@ fn main() -> anyhow::Result<()> {
     }) = &command
     {
         // A viewer: it needs none of the server's configuration.
-        let runtime = tokio::runtime::Runtime::new()?;
-        return runtime.block_on(parley::stats::run(
-            admin,
-            std::time::Duration::from_secs((*interval).max(1)),
-            *count,
-        ));
+        return finish(runtime().and_then(|runtime| {
+            runtime.block_on(parley::stats::run(
+                admin,
+                std::time::Duration::from_secs((*interval).max(1)),
+                *count,
+            ))
+        }));
     }
-    let config = match Config::resolve(cli) {
+    let config = match Config::resolve(cli, &|name| std::env::var_os(name)) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("parley: {err}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
     init_tracing(config.log_format);
-    let runtime = tokio::runtime::Runtime::new()?;
     if let Some(Command::Provision { count, first, out }) = &command {
         let (count, first) = (*count, *first);
-        let written = runtime.block_on(parley::provision::provision(&config, count, first, out))?;
-        println!("provisioned {written} accounts into {}", out.display());
-        return Ok(());
+        return finish(runtime().and_then(|runtime| {
+            let written =
+                runtime.block_on(parley::provision::provision(&config, count, first, out))?;
+            println!("provisioned {written} accounts into {}", out.display());
+            Ok(())
+        }));
     }
-    runtime.block_on(async {
-        let listeners = Listeners::bind(&config)?;
-        run(config, listeners, shutdown_signal()).await
-    })
+    finish(runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            // Claimed before the ports: a second server on the same data
+            // directory is told whose it is, not that a port is taken.
+            let data_dir = DataDir::open(&config.data_dir)?;
+            let listeners = Listeners::bind(&config)?;
+            run(config, data_dir, listeners, shutdown_signal()).await
+        })
+    }))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
+}
+
+/// The exit status of a finished command; an error is printed as its chain
+/// of causes on one line (`{:#}`), never with a backtrace.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("parley: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -193,7 +193,13 @@ fn millis(seconds: f64) -> String {
 
 /// Shows the screen every `interval` until Ctrl-C (or `count` screens).
 pub async fn run(admin: &str, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
-    let url = format!("{}/metrics", admin.trim_end_matches('/'));
+    // `127.0.0.1:9090` means the admin listener there: its scheme is http.
+    let base = if admin.contains("://") {
+        admin.to_owned()
+    } else {
+        format!("http://{admin}")
+    };
+    let url = format!("{}/metrics", base.trim_end_matches('/'));
     // The admin endpoint is plain HTTP on a private address. reqwest, built
     // without a default crypto provider (Parley uses ring everywhere), still
     // wants a TLS configuration: one that trusts no root, so an https://

@@ -1,5 +1,7 @@
 //! What the gateway counts. Labels are bounded: reasons and codes come from
-//! fixed lists, never from a peer.
+//! fixed lists, never from a peer, and every series of every list exists
+//! (at 0) from the start, so dashboards and alerts see them before the
+//! first event.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,8 +40,47 @@ pub struct GatewayMetrics {
     pub rate_limited: Family<Label, Counter>,
 }
 
+/// Why a login failed, besides the upgrade's refusal codes.
+pub(crate) const LOGIN_FAILURES: [&str; 3] = ["tls", "timeout", "io"];
+/// The `SendError` codes the gateway sends.
+pub(crate) const SEND_ERRORS: [parley_proto::v1::ErrorCode; 5] = {
+    use parley_proto::v1::ErrorCode;
+    [
+        ErrorCode::UnknownRecipient,
+        ErrorCode::InvalidMessage,
+        ErrorCode::MailboxFull,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ]
+};
+/// The rate limiters.
+pub(crate) const LIMITERS: [&str; 3] = ["frames", "messages", "inbound_bytes"];
+
 impl Default for GatewayMetrics {
     fn default() -> Self {
+        let metrics = Self::unlabelled();
+        let zero = |family: &Family<Label, Counter>, label: &'static str, value: &'static str| {
+            let _ = family.get_or_create(&[(label, value)]);
+        };
+        let refusals = crate::upgrade::Refusal::ALL.map(crate::upgrade::Refusal::code);
+        for reason in LOGIN_FAILURES.iter().chain(&refusals) {
+            zero(&metrics.login_failures, "reason", reason);
+        }
+        for code in SEND_ERRORS {
+            zero(&metrics.send_errors, "code", code.as_str_name());
+        }
+        for reason in crate::session::CLOSE_REASONS {
+            zero(&metrics.sessions_closed, "reason", reason);
+        }
+        for limiter in LIMITERS {
+            zero(&metrics.rate_limited, "limiter", limiter);
+        }
+        metrics
+    }
+}
+
+impl GatewayMetrics {
+    fn unlabelled() -> Self {
         Self {
             connections_open: Gauge::default(),
             sessions_open: Gauge::default(),
@@ -58,9 +99,7 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
         }
     }
-}
 
-impl GatewayMetrics {
     /// Registers every family under `registry` (prefix it with `gateway`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

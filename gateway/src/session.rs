@@ -368,17 +368,21 @@ async fn on_send<'a, R: Router>(
         move |code, reason, retry_after_ms| send_error(client_msg_id, code, reason, retry_after_ms);
     let refuse = move |code, reason| send_error(client_msg_id, code, reason, 0);
     let now = |frame: server_frame::Frame| -> Reply<'a> { Box::pin(std::future::ready(frame)) };
-    if client_msg_id == 0 {
-        return now(refuse(
-            ErrorCode::InvalidMessage,
-            "client_msg_id must not be 0",
-        ));
-    }
-    if send.body.len() > MAX_BODY_BYTES {
-        return now(refuse(
-            ErrorCode::InvalidMessage,
-            "body over the 63 KiB limit",
-        ));
+    // INVALID_MESSAGE, as the .proto defines it: a required field unset
+    // (proto3 cannot tell unset from 0 or empty), or a body over the limit.
+    let invalid = if client_msg_id == 0 {
+        Some("client_msg_id must not be 0")
+    } else if send.to_user == 0 {
+        Some("to_user is not set")
+    } else if send.body.is_empty() {
+        Some("body is empty")
+    } else if send.body.len() > MAX_BODY_BYTES {
+        Some("body over the 63 KiB limit")
+    } else {
+        None
+    };
+    if let Some(reason) = invalid {
+        return now(refuse(ErrorCode::InvalidMessage, reason));
     }
     if let Err(wait) = messages_allowance.take(shared.config.messages, 1.0, Instant::now()) {
         limited(&shared.metrics, "messages");
@@ -535,6 +539,24 @@ fn millis(wait: Duration) -> u32 {
     u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 
+/// Every `reason` label of `gateway_sessions_closed` ([`Ending::label`]).
+pub(crate) const CLOSE_REASONS: [&str; 14] = [
+    "client_closed",
+    "gone",
+    "displaced",
+    "revoked",
+    "idle_timeout",
+    "slow_consumer",
+    "shutdown",
+    "unspecified",
+    "malformed_frame",
+    "frame_too_large",
+    "unsupported_data",
+    "rate_limited",
+    "protocol_error",
+    "internal",
+];
+
 impl Ending {
     /// The `reason` label of `gateway_sessions_closed`.
     fn label(&self) -> &'static str {
@@ -574,6 +596,27 @@ fn reason_text(reason: CloseReason) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::{CLOSE_REASONS, CloseReason, Ending, ErrorCode};
+
+    #[test]
+    fn every_close_label_is_zero_initialised() {
+        let mut endings = vec![Ending::ClientClosed, Ending::Protocol, Ending::Gone];
+        for reason in 0..=5 {
+            endings.push(Ending::Closing(
+                CloseReason::try_from(reason).expect("a close reason"),
+            ));
+        }
+        for code in 0..=8 {
+            endings.push(Ending::Error(
+                ErrorCode::try_from(code).expect("an error code"),
+                "",
+            ));
+        }
+        for ending in endings {
+            assert!(CLOSE_REASONS.contains(&ending.label()), "{ending:?}");
+        }
+    }
+
     /// The size of the future an async function returns, without calling it.
     fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()

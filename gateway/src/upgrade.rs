@@ -50,6 +50,23 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, in the order the gateway checks for them (so the
+    /// first that applies is the answer): the request head, the method,
+    /// the path, the upgrade headers, then the credential.
+    pub(crate) const ALL: [Refusal; 11] = [
+        Refusal::Malformed,
+        Refusal::HeadTooLarge,
+        Refusal::MethodNotAllowed,
+        Refusal::NotFound,
+        Refusal::NotUpgrade,
+        Refusal::Version,
+        Refusal::MissingToken,
+        Refusal::InvalidToken,
+        Refusal::ExpiredToken,
+        Refusal::RevokedToken,
+        Refusal::Unavailable,
+    ];
+
     fn status(self) -> &'static str {
         match self {
             Refusal::Malformed | Refusal::NotUpgrade => "400 Bad Request",

@@ -47,6 +47,20 @@ use crate::sms::{SmsError, SmsSender};
 use crate::store::{self, AccountStore, CodeCheck, CodePolicy, CodeRequest};
 use crate::token::TokenKeys;
 
+/// Every route and the statuses it answers with (docs/protocol.md), so the
+/// server can show every `(route, status)` series from the start.
+pub const ROUTES: [(&str, &[u16]); 3] = [
+    (
+        "/v1/registration/code",
+        &[202, 400, 413, 429, 500, 502, 503],
+    ),
+    (
+        "/v1/registration/verify",
+        &[200, 400, 401, 404, 410, 413, 429, 500, 503],
+    ),
+    ("/v1/contacts/lookup", &[200, 400, 401, 413, 429, 500, 503]),
+];
+
 /// Largest accepted request body. A lookup of 1000 numbers is about 20 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -321,9 +335,9 @@ pub fn router(state: RegistrationState) -> Router {
         ))
         .timeout(config.request_timeout);
     Router::new()
-        .route("/v1/registration/code", post(request_code))
-        .route("/v1/registration/verify", post(verify))
-        .route("/v1/contacts/lookup", post(lookup))
+        .route(ROUTES[0].0, post(request_code))
+        .route(ROUTES[1].0, post(verify))
+        .route(ROUTES[2].0, post(lookup))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(limits)
         .with_state(state)

@@ -54,9 +54,9 @@ impl From<JsonRejection> for AppError {
 }
 
 /// The authenticated device of a request carrying
-/// `Authorization: Bearer <jwt>`. A missing, malformed, expired or unknown
-/// credential is `401 UNAUTHORIZED`; one of a replaced device is
-/// `401 REVOKED`.
+/// `Authorization: Bearer <jwt>`. No credential is `401 UNAUTHORIZED`; a bad
+/// one `401 TOKEN_INVALID`, `TOKEN_EXPIRED` or `TOKEN_REVOKED` (a replaced
+/// device, or a user the store does not have), as at the gateway.
 #[derive(Clone, Copy, Debug)]
 pub struct BearerDevice(pub DeviceClaims);
 
@@ -76,10 +76,9 @@ where
             .ok_or(AppError::Unauthorized)?;
         match Authenticator::from_ref(state).authenticate(token).await {
             Ok(claims) => Ok(Self(claims)),
-            Err(AuthError::Revoked) => Err(AppError::Revoked),
-            Err(AuthError::Expired | AuthError::Invalid(_) | AuthError::UnknownUser) => {
-                Err(AppError::Unauthorized)
-            }
+            Err(AuthError::Revoked | AuthError::UnknownUser) => Err(AppError::TokenRevoked),
+            Err(AuthError::Expired) => Err(AppError::TokenExpired),
+            Err(AuthError::Invalid(_)) => Err(AppError::TokenInvalid),
             Err(AuthError::Store(e)) => Err(AppError::Internal(Internal::Store(e))),
         }
     }

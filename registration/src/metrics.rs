@@ -1,4 +1,5 @@
-//! What registration counts. Labels come from fixed lists.
+//! What registration counts. Labels come from fixed lists, and every series
+//! of every list exists (at 0) from the start.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -7,8 +8,15 @@ use prometheus_client::registry::Registry;
 /// A label set of one bounded label.
 pub type Label = [(&'static str, &'static str); 1];
 
+/// `outcome`s of `codes_verified`.
+pub const OUTCOMES: [&str; 2] = ["new_account", "reregistered"];
+/// `code`s of `verify_failures`.
+pub const VERIFY_FAILURES: [&str; 3] = ["WRONG_CODE", "CODE_EXPIRED", "NO_PENDING_CODE"];
+/// `limiter`s of `rate_limited`.
+pub const LIMITERS: [&str; 2] = ["codes_per_ip", "verifies_per_ip"];
+
 /// Registration's metric families.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegistrationMetrics {
     /// Codes sent by SMS.
     pub codes_sent: Counter,
@@ -20,6 +28,24 @@ pub struct RegistrationMetrics {
     /// Requests refused by a per-address limit, by `limiter`
     /// (`codes_per_ip`, `verifies_per_ip`).
     pub rate_limited: Family<Label, Counter>,
+}
+
+impl Default for RegistrationMetrics {
+    fn default() -> Self {
+        let family = |label: &'static str, values: &[&'static str]| {
+            let family = Family::<Label, Counter>::default();
+            for value in values {
+                let _ = family.get_or_create(&[(label, value)]);
+            }
+            family
+        };
+        Self {
+            codes_sent: Counter::default(),
+            codes_verified: family("outcome", &OUTCOMES),
+            verify_failures: family("code", &VERIFY_FAILURES),
+            rate_limited: family("limiter", &LIMITERS),
+        }
+    }
 }
 
 impl RegistrationMetrics {

@@ -53,11 +53,27 @@ pub struct OutboxSms {
 }
 
 impl OutboxSms {
+    /// An outbox at `path`; the file is created at the first message.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             lock: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// An outbox at `path`, creating the file (and its directory) now if it
+    /// is missing, so that someone can watch it before the first message.
+    /// Existing messages are kept.
+    pub fn create(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let outbox = Self::new(path);
+        if let Some(parent) = outbox.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&outbox.path)?;
+        Ok(outbox)
     }
 }
 

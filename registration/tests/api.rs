@@ -307,7 +307,7 @@ async fn reregistration_revokes_old_device(backend: Backend) {
 
     app.lookup(Some(&token1), &[PHONE])
         .await
-        .assert_error(StatusCode::UNAUTHORIZED, "REVOKED");
+        .assert_error(StatusCode::UNAUTHORIZED, "TOKEN_REVOKED");
     assert_eq!(
         app.lookup(Some(&token2), &[PHONE]).await.status,
         StatusCode::OK
@@ -346,7 +346,7 @@ async fn unknown_user_is_refused(backend: Backend) {
     ));
     app.lookup(Some(&token), &[PHONE])
         .await
-        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        .assert_error(StatusCode::UNAUTHORIZED, "TOKEN_REVOKED");
     assert!(!app.store.user_exists(12345).await.expect("store"));
     assert_eq!(app.store.device(u64::MAX).await.expect("store"), None);
 }
@@ -499,7 +499,7 @@ async fn lookup_needs_a_valid_credential(backend: Backend) {
     assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
     app.lookup(Some("garbage"), &[PHONE])
         .await
-        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        .assert_error(StatusCode::UNAUTHORIZED, "TOKEN_INVALID");
     let other_keys =
         parley_registration::TokenKeys::load_or_generate(&app.dir.path().join("other"))
             .expect("keys");
@@ -519,7 +519,7 @@ async fn lookup_needs_a_valid_credential(backend: Backend) {
         .expect("issue");
     app.lookup(Some(&forged), &[PHONE])
         .await
-        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        .assert_error(StatusCode::UNAUTHORIZED, "TOKEN_INVALID");
     let basic = Request::post("/v1/contacts/lookup")
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, format!("Basic {token}"))

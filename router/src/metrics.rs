@@ -84,11 +84,16 @@ impl Default for JournalMetrics {
 
 impl Default for RouterMetrics {
     fn default() -> Self {
+        let receipts_queued = Family::default();
+        // Every series from the start (at 0), for dashboards and alerts.
+        for kind in [Kind::Delivered, Kind::Read] {
+            let _ = receipts_queued.get_or_create(&KindLabel { kind });
+        }
         Self {
             messages_accepted: Counter::default(),
             messages_deduplicated: Counter::default(),
             messages_delivered: Counter::default(),
-            receipts_queued: Family::default(),
+            receipts_queued,
             receipts_acknowledged: Counter::default(),
             messages_expired: Counter::default(),
             receipts_expired: Counter::default(),
