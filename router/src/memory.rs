@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ids::{IdGenerator, accepted_at_ms, now_ms};
 use crate::journal::{Journal, JournalConfig, JournalError, Op, QueuedRecord, SentRecord};
 use crate::mailbox::{Entry, Live, Mailbox};
-use crate::metrics::{Kind, KindLabel, RouterMetrics};
+use crate::metrics::RouterMetrics;
 use crate::{
     Accepted, Attached, Device, Outgoing, Router, RouterError, SendError, SessionId, UserId, frames,
 };
@@ -428,10 +428,7 @@ impl MemoryRouter {
         by: UserId,
         message_ids: &[u64],
     ) -> Vec<QueuedRecord> {
-        let label = match kind {
-            ReceiptKind::Read => Kind::Read,
-            _ => Kind::Delivered,
-        };
+        let label = crate::metrics::kind_label(kind);
         let journaled = self.journaled();
         let mut records = Vec::new();
         let mut shard = self.lock(self.shard_of(to));
@@ -439,9 +436,7 @@ impl MemoryRouter {
             self.inner
                 .metrics
                 .receipts_queued
-                .get_or_create(&KindLabel {
-                    kind: label.clone(),
-                })
+                .get_or_create(&label)
                 .inc();
             let receipt_id = self.inner.ids.next();
             let frame = frames::receipt(receipt_id, kind, by, ids.to_vec(), now_ms());

@@ -1,22 +1,21 @@
 //! What the router counts, registered once by the server and shared by
 //! every clone of the router (the metric types are handles around atomics).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Kind {
-    Delivered,
-    Read,
-}
+/// A label set of one bounded label.
+pub type Label = [(&'static str, &'static str); 1];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: Kind,
+/// The `kind` label of a receipt, as the documentation spells it.
+pub(crate) fn kind_label(kind: parley_proto::v1::ReceiptKind) -> Label {
+    match kind {
+        parley_proto::v1::ReceiptKind::Read => [("kind", "read")],
+        _ => [("kind", "delivered")],
+    }
 }
 
 /// The router's metric families.
@@ -29,7 +28,7 @@ pub struct RouterMetrics {
     /// Messages acknowledged by their recipients (and wiped).
     pub messages_delivered: Counter,
     /// Receipts queued, by kind.
-    pub receipts_queued: Family<KindLabel, Counter>,
+    pub receipts_queued: Family<Label, Counter>,
     /// Receipts acknowledged by their recipients (and wiped).
     pub receipts_acknowledged: Counter,
     /// Messages deleted undelivered after the TTL.
@@ -86,8 +85,8 @@ impl Default for RouterMetrics {
     fn default() -> Self {
         let receipts_queued = Family::default();
         // Every series from the start (at 0), for dashboards and alerts.
-        for kind in [Kind::Delivered, Kind::Read] {
-            let _ = receipts_queued.get_or_create(&KindLabel { kind });
+        for kind in ["delivered", "read"] {
+            let _ = receipts_queued.get_or_create(&[("kind", kind)]);
         }
         Self {
             messages_accepted: Counter::default(),

@@ -319,9 +319,7 @@ async fn metrics_and_census_count_what_happens() {
     assert_eq!(metrics.messages_delivered.get(), 1);
     let delivered = metrics
         .receipts_queued
-        .get_or_create(&crate::metrics::KindLabel {
-            kind: crate::metrics::Kind::Delivered,
-        })
+        .get_or_create(&[("kind", "delivered")])
         .get();
     assert_eq!(delivered, 1);
     // B has one message left, A one receipt.
