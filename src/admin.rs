@@ -6,6 +6,8 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 while accepting; 503 while starting or draining, so
 //!   a load balancer stops sending phones before the node goes away.
+//! - `POST /admin/backup`: a backup of the running node ([`crate::backup`]);
+//!   200 with what it holds, 409 while another runs, 500 if it failed.
 //!
 //! Every family is registered once here, at start-up, and handed down to
 //! the part that updates it.
@@ -251,6 +253,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// True while the node accepts phones.
     pub ready: Arc<AtomicBool>,
+    /// `None`: this node takes no backups (tests of the other routes).
+    pub backups: Option<crate::backup::Backups>,
 }
 
 pub fn app(admin: Admin) -> axum::Router {
@@ -258,7 +262,37 @@ pub fn app(admin: Admin) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/admin/backup", axum::routing::post(backup))
         .with_state(admin)
+}
+
+async fn backup(State(admin): State<Admin>) -> Response {
+    use crate::backup::BackupError;
+    let error = |status: StatusCode, code: &str, message: String| {
+        let body = serde_json::json!({"error": {"code": code, "message": message}});
+        (status, axum::Json(body)).into_response()
+    };
+    let Some(backups) = &admin.backups else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "this node takes no backups".to_owned(),
+        );
+    };
+    match backups.run().await {
+        Ok(report) => (StatusCode::OK, axum::Json(report)).into_response(),
+        Err(err @ BackupError::Busy) => {
+            error(StatusCode::CONFLICT, "BACKUP_RUNNING", err.to_string())
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "backup failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "BACKUP_FAILED",
+                err.to_string(),
+            )
+        }
+    }
 }
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
@@ -294,6 +328,7 @@ mod tests {
         let app = app(Admin {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            backups: None,
         });
         let get = |path: &'static str| {
             let app = app.clone();

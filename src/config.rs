@@ -54,6 +54,15 @@ pub struct Cli {
 /// (`parley --data-dir D provision --count 1000 --out users.jsonl`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Back up the running node without stopping it: the journal, the
+    /// SQLite account store, the signing key and the generated certificate,
+    /// into a new directory under --backup-dir that is a data directory
+    /// (restore by copying it into an empty one). Prints its path.
+    Backup {
+        /// The node's admin listener, e.g. 127.0.0.1:9090.
+        #[arg(long, default_value = "http://127.0.0.1:9090", value_name = "URL")]
+        admin: String,
+    },
     /// Create accounts without SMS codes, for benchmarks and imports, and
     /// write their credentials as JSON lines
     /// `{"phone","user_id","device_id","token"}`. Numbers are `+1999`
@@ -289,6 +298,11 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_JOURNAL_PATH", value_name = "PATH")]
     pub journal_path: Option<PathBuf>,
 
+    /// Where `parley backup` (POST /admin/backup) writes backups of the
+    /// running node. [default: <data-dir>/backups]
+    #[arg(long, env = "PARLEY_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
     /// The journal's page cache in MiB. [default: 64]
     #[arg(long, env = "PARLEY_JOURNAL_CACHE_MIB", value_name = "MIB")]
     pub journal_cache_mib: Option<usize>,
@@ -346,6 +360,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Where backups of the running node go.
+    pub backup_dir: PathBuf,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -640,6 +656,7 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
+        let backup_dir = s.backup_dir.unwrap_or_else(|| data_dir.join("backups"));
         Ok(Config {
             data_dir,
             gateway_addr,
@@ -653,6 +670,7 @@ impl Config {
             shutdown_grace,
             log_format: s.log_format.unwrap_or_default(),
             journal,
+            backup_dir,
         })
     }
 }

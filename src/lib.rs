@@ -7,7 +7,8 @@
 //! certificate and one account store.
 //!
 //! Modules:
-//! - [`admin`]: metrics, rates, liveness and readiness for operators.
+//! - [`admin`]: metrics, rates, liveness, readiness and backups for operators.
+//! - [`backup`]: a consistent backup of a running node.
 //! - [`config`]: the typed configuration (flags, environment, file).
 //! - [`datadir`]: the data directory: private, and claimed by one server.
 //! - [`tls`]: the certificate (given, or generated on first start), reloaded
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod datadir;
 pub mod https;
@@ -190,6 +192,7 @@ pub async fn run(
     let app = parley_registration::router(registration).route_layer(
         axum::middleware::from_fn_with_state(metrics.http.clone(), admin::count_requests),
     );
+    let store_for_backups = store.clone();
     let gateway = Gateway::new(
         router.clone(),
         Authenticator::new(keys, store.clone()),
@@ -198,9 +201,18 @@ pub async fn run(
         metrics.gateway.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
+    let backups = backup::Backups {
+        router: router.clone(),
+        store: store_for_backups,
+        data_dir: data_dir.clone(),
+        dir: config.backup_dir.clone(),
+        generated_tls: matches!(config.tls, config::TlsSource::SelfSigned { .. }),
+        running: Arc::default(),
+    };
     let admin_app = admin::app(Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        backups: Some(backups),
     });
 
     let gateway_addr = listeners.gateway.local_addr()?;

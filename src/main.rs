@@ -33,6 +33,12 @@ fn main() -> ExitCode {
             ))
         }));
     }
+    if let Some(Command::Backup { admin }) = &command {
+        // Asks the running node; it needs none of the configuration either.
+        return finish(
+            runtime().and_then(|runtime| runtime.block_on(parley::backup::request(admin))),
+        );
+    }
     let config = match Config::resolve(cli, &|name| std::env::var_os(name)) {
         Ok(config) => config,
         Err(err) => {

@@ -191,29 +191,38 @@ fn millis(seconds: f64) -> String {
     }
 }
 
-/// Shows the screen every `interval` until Ctrl-C (or `count` screens).
-pub async fn run(admin: &str, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
-    // `127.0.0.1:9090` means the admin listener there: its scheme is http.
+/// The base URL of an admin listener given as `127.0.0.1:9090` or
+/// `http://127.0.0.1:9090`.
+pub fn admin_base(admin: &str) -> String {
     let base = if admin.contains("://") {
         admin.to_owned()
     } else {
         format!("http://{admin}")
     };
-    let url = format!("{}/metrics", base.trim_end_matches('/'));
-    // The admin endpoint is plain HTTP on a private address. reqwest, built
-    // without a default crypto provider (Parley uses ring everywhere), still
-    // wants a TLS configuration: one that trusts no root, so an https://
-    // admin URL is refused rather than trusted blindly.
+    base.trim_end_matches('/').to_owned()
+}
+
+/// An HTTP client for the admin listener (plain HTTP on a private address).
+/// reqwest, built without a default crypto provider (Parley uses ring
+/// everywhere), still wants a TLS configuration: one that trusts no root,
+/// so an https:// admin URL is refused rather than trusted blindly.
+pub fn admin_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    let client = reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(5))
-        .build()?;
+        .timeout(timeout)
+        .build()?)
+}
+
+/// Shows the screen every `interval` until Ctrl-C (or `count` screens).
+pub async fn run(admin: &str, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
+    let url = format!("{}/metrics", admin_base(admin));
+    let client = admin_client(Duration::from_secs(5))?;
     let mut shown = 0u64;
     loop {
         let text = client
@@ -221,7 +230,7 @@ pub async fn run(admin: &str, interval: Duration, count: Option<u64>) -> anyhow:
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("cannot read {url}"))?
+            .with_context(|| format!("cannot read {url}: is parley running, with its admin listener there (--admin-addr)?"))?
             .text()
             .await?;
         // Clear the screen and home the cursor, then draw.

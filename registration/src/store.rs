@@ -73,6 +73,9 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("no free random id after {ID_ATTEMPTS} attempts")]
     IdExhausted,
+    /// SQLite takes its backup target as text.
+    #[error("the backup path {0} is not valid UTF-8")]
+    BackupPath(std::path::PathBuf),
 }
 
 /// The account's current device and registration generation.
@@ -145,6 +148,7 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct AccountStore {
     pool: AnyPool,
+    backend: Backend,
 }
 
 /// Current time as the store's timestamps: unix milliseconds.
@@ -215,7 +219,26 @@ impl AccountStore {
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
         migrator(backend).await?.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, backend })
+    }
+
+    /// Writes a consistent copy of a SQLite store to `path` (a new file)
+    /// while it keeps serving (`VACUUM INTO`: one read transaction, so the
+    /// copy is the database as of one instant). `Ok(false)` for PostgreSQL,
+    /// whose backups are the database server's business (`pg_dump`, or the
+    /// provider's snapshots).
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<bool, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(false);
+        }
+        let path = path
+            .to_str()
+            .ok_or_else(|| StoreError::BackupPath(path.to_owned()))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
     }
 
     /// Closes the pool's connections, waiting for checked-out ones.

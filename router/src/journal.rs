@@ -99,6 +99,14 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("journal backup {path}: {source}")]
+    Backup {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("journal backup: the journal is not running")]
+    Stopped,
 }
 
 /// A queued message or receipt as the journal keeps it.
@@ -225,6 +233,29 @@ pub(crate) enum Op {
     Forget(Vec<u64>),
     /// Fires once every op submitted before it is durable.
     Barrier(oneshot::Sender<()>),
+    /// Writes a copy of the journal as of this point (everything submitted
+    /// before it, committed) to a new file; see [`Backup`].
+    Backup(Backup),
+}
+
+/// A request for a consistent copy of the journal while it runs.
+///
+/// The committer takes a redb read transaction (a snapshot) once every op
+/// submitted before the request is committed, so the copy holds at least
+/// every message and receipt anyone was told about before the request; a
+/// thread of its own copies the snapshot into `path` while commits go on.
+#[derive(Debug)]
+pub(crate) struct Backup {
+    pub(crate) path: PathBuf,
+    pub(crate) done: oneshot::Sender<Result<Copied, JournalError>>,
+}
+
+/// What a journal backup holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Messages and receipts queued, and recent sends remembered.
+    pub queued: u64,
+    pub sends: u64,
 }
 
 /// What was in the journal at start, in key (acceptance) order.
@@ -330,6 +361,13 @@ impl Journal {
             ops,
             committer: Some(committer),
         })
+    }
+
+    /// Asks for a consistent copy of the journal at `path` (see [`Backup`]).
+    pub(crate) async fn backup(&self, path: PathBuf) -> Result<Copied, JournalError> {
+        let (done, copied) = oneshot::channel();
+        self.submit(Op::Backup(Backup { path, done }));
+        copied.await.map_err(|_| JournalError::Stopped)?
     }
 
     /// Hands `op` to the committer. Never blocks (called under mailbox
@@ -515,20 +553,88 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
                 Op::Change { receipts, .. } => {
                     durable.extend(receipts.iter().map(|r| (r.recipient, r.id)));
                 }
-                Op::Forget(_) | Op::Barrier(_) => {}
+                Op::Forget(_) | Op::Barrier(_) | Op::Backup(_) => {}
             }
         }
         if !durable.is_empty() {
             on_durable(&durable);
         }
         for op in batch.drain(..) {
-            if let Op::Send { done, .. } | Op::Barrier(done) = op {
-                // The sender may have gone; then no one is waiting.
-                let _ = done.send(());
+            match op {
+                Op::Send { done, .. } | Op::Barrier(done) => {
+                    // The sender may have gone; then no one is waiting.
+                    let _ = done.send(());
+                }
+                Op::Backup(backup) => start_backup(&committer.db, backup),
+                Op::Change { .. } | Op::Forget(_) => {}
             }
         }
         committer.maybe_compact();
     }
+}
+
+/// Snapshots the journal now (the batch before the request is committed)
+/// and copies the snapshot to `backup.path` on a thread of its own, so
+/// commits do not wait for the copy.
+fn start_backup(db: &redb::Database, backup: Backup) {
+    let Backup { path, done } = backup;
+    let fail = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source: redb::Error| JournalError::Backup { path, source }
+    };
+    let snapshot = match db.begin_read() {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            let _ = done.send(Err(fail(&path)(error.into())));
+            return;
+        }
+    };
+    let copying = std::thread::Builder::new()
+        .name("parley-journal-backup".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let copied = copy_snapshot(&snapshot, &path).map_err(fail(&path));
+            if let Ok(copied) = &copied {
+                tracing::info!(
+                    path = %path.display(),
+                    queued = copied.queued,
+                    sends = copied.sends,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "journal backed up"
+                );
+            }
+            let _ = done.send(copied);
+        });
+    if let Err(error) = copying {
+        tracing::error!(%error, "cannot start the journal backup thread");
+    }
+}
+
+/// Writes every row of `snapshot` into a new journal file at `path`
+/// (refused if the file exists), in one durable transaction.
+fn copy_snapshot(
+    snapshot: &redb::ReadTransaction,
+    path: &std::path::Path,
+) -> Result<Copied, redb::Error> {
+    if path.exists() {
+        return Err(redb::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the backup file exists already",
+        )));
+    }
+    let copy = redb::Database::create(path)?;
+    let txn = copy.begin_write()?;
+    let mut copied = Copied::default();
+    for (table, count) in [(QUEUE, &mut copied.queued), (SENT, &mut copied.sends)] {
+        let mut into = txn.open_table(table)?;
+        for row in snapshot.open_table(table)?.iter()? {
+            let (key, value) = row?;
+            into.insert(key.value(), value.value())?;
+            *count += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(copied)
 }
 
 /// What one commit changed.
@@ -586,7 +692,7 @@ fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Wri
                         removed.push(sent.remove(*id)?.map(|v| v.value().len()));
                     }
                 }
-                Op::Barrier(_) => {}
+                Op::Barrier(_) | Op::Backup(_) => {}
             }
         }
         for len in removed.into_iter().flatten() {

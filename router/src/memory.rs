@@ -275,6 +275,19 @@ impl MemoryRouter {
         self.inner.journal.is_some()
     }
 
+    /// Writes a consistent copy of the journal to the new file `path`: it
+    /// holds at least everything acked or delivered before the call. `None`
+    /// in memory-only mode (nothing is on disk to copy).
+    pub async fn backup_journal(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<Option<crate::journal::Copied>, JournalError> {
+        match &self.inner.journal {
+            None => Ok(None),
+            Some(journal) => journal.backup(path).await.map(Some),
+        }
+    }
+
     /// Returns once every change made so far is durable (at once without a
     /// journal). For shutdown.
     pub async fn flush(&self) {
