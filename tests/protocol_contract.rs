@@ -159,7 +159,7 @@ async fn upgrade_code(server: &TestServer, token: Option<&str>) -> (u16, String)
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let answer = upgrade(&server, &head("GET", "/v1/ws", "13", "websocket", &auth)).await;
+    let answer = upgrade(server, &head("GET", "/v1/ws", "13", "websocket", &auth)).await;
     let status: u16 = status(&answer).parse().expect("a status");
     let code = answer
         .split("\"code\":\"")
