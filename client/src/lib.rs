@@ -20,7 +20,7 @@ pub mod registration;
 pub mod session;
 pub mod tls;
 
-pub use error::ClientError;
+pub use error::{ClientError, CredentialRefusal};
 pub use parley_proto as proto;
 pub use registration::{CodeRequested, Contact, Credential, Registration};
 pub use session::{ConnectOptions, Session};

@@ -584,7 +584,7 @@ fn describe_close(code: u16, reason: &str, notice: Option<&Notice>) -> String {
 /// Adds the one hint a user needs to the errors that have one.
 fn explain(e: ClientError) -> anyhow::Error {
     match e {
-        ClientError::Rejected { status: 401 } => anyhow!(
+        ClientError::Rejected { status: 401, .. } => anyhow!(
             "the server refused this device's credential (HTTP 401): it expired or was revoked; \
              register again with `parley-cli register <phone>`"
         ),

@@ -1,8 +1,8 @@
 //! `Session` against a tiny in-test gateway: real TCP, real TLS (a
 //! self-signed rcgen certificate), real WebSocket, the Parley frames.
 //!
-//! The stand-in gateway checks the bearer token (401 before the upgrade if
-//! wrong), answers a `Send` with a `ServerAck`, counts pings, and, like the
+//! The stand-in gateway checks the bearer token (401 with the real
+//! gateway's JSON error body before the upgrade if wrong), answers a `Send` with a `ServerAck`, counts pings, and, like the
 //! real one, displaces an older session of the same device when a new one
 //! connects: a `Closing{DISPLACED}` frame, then close code 4001. A session
 //! of [`LISTENER_TOKEN`] first gets a backlog (a message, a receipt,
@@ -21,7 +21,7 @@ use parley_client::proto::v1::{
 use parley_client::tungstenite::Message;
 use parley_client::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use parley_client::tungstenite::protocol::CloseFrame;
-use parley_client::{ClientError, ConnectOptions, Session, tls_config_from_pem};
+use parley_client::{ClientError, ConnectOptions, CredentialRefusal, Session, tls_config_from_pem};
 use prost::Message as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -31,6 +31,8 @@ use tokio_rustls::TlsAcceptor;
 const TOKEN: &str = "good-token";
 /// A second valid token whose sessions start with a backlog.
 const LISTENER_TOKEN: &str = "listener-token";
+/// A token the stand-in refuses as revoked.
+const REVOKED_TOKEN: &str = "revoked-token";
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Gateway {
@@ -133,9 +135,17 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
         if auth == Some(format!("Bearer {TOKEN}").as_bytes()) {
             return Ok(resp);
         }
+        // The real gateway's refusal: 401 and a JSON body with the code.
+        let code = if auth == Some(format!("Bearer {REVOKED_TOKEN}").as_bytes()) {
+            "TOKEN_REVOKED"
+        } else {
+            "TOKEN_INVALID"
+        };
         Err(http::Response::builder()
             .status(401)
-            .body(Some("bad token".to_string()))
+            .body(Some(format!(
+                r#"{{"error":{{"code":"{code}","message":"refused"}}}}"#
+            )))
             .expect("response"))
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, check_token).await else {
@@ -232,11 +242,38 @@ where
 async fn wrong_token_is_rejected_before_the_upgrade() {
     let gw = start_gateway().await;
     let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
-    let err = Session::connect(&gw.url, tls, "wrong-token")
+    let err = Session::connect(&gw.url, tls.clone(), "wrong-token")
         .await
         .expect_err("must be refused");
     assert!(
-        matches!(err, ClientError::Rejected { status: 401 }),
+        matches!(&err, ClientError::Rejected { status: 401, code: Some(code) } if code == "TOKEN_INVALID"),
+        "{err:?}"
+    );
+    let err = Session::connect(&gw.url, tls, REVOKED_TOKEN)
+        .await
+        .expect_err("must be refused");
+    assert_eq!(
+        err.credential_refusal(),
+        Some(CredentialRefusal::Revoked),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    // A port that was just free: nothing listens there.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let url = format!("wss://127.0.0.1:{port}/v1/ws");
+    let err = Session::connect(&url, tls, TOKEN)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(&err, ClientError::Unreachable { url: u, reason } if *u == url && reason == "connection refused"),
         "{err:?}"
     );
 }
@@ -249,7 +286,15 @@ async fn untrusted_certificate_is_a_tls_error() {
     let err = Session::connect(&gw.url, tls, TOKEN)
         .await
         .expect_err("server cert is not trusted");
-    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    // rcgen gives both certificates the same subject, so rustls finds the
+    // trusted one as the issuer and then the signature does not verify.
+    assert!(
+        matches!(
+            &err,
+            ClientError::TlsHandshake { url, error: rustls::Error::InvalidCertificate(_) } if *url == gw.url
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
