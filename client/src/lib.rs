@@ -9,13 +9,18 @@
 //! - [`tls`]: a rustls client configuration trusting the server's PEM.
 //! - [`registration`]: the HTTPS registration and contact-lookup API.
 //! - [`session`]: one authenticated WebSocket session with the gateway.
+//! - [`phone`]: phone numbers as people write them, made E.164.
+//! - [`receipts`]: which receipts to believe (only the recipient's), and
+//!   receipts that arrive before their message's ack.
 //! - [`profile`]: the CLI's local state (credential, id counter, seen ids).
 //! - [`error`]: [`ClientError`], the error of everything above but profiles.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod phone;
 pub mod profile;
+pub mod receipts;
 pub mod registration;
 pub mod session;
 pub mod tls;
