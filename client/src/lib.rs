@@ -12,7 +12,8 @@
 //! - [`phone`]: phone numbers as people write them, made E.164.
 //! - [`receipts`]: which receipts to believe (only the recipient's), and
 //!   receipts that arrive before their message's ack.
-//! - [`profile`]: the CLI's local state (credential, id counter, seen ids).
+//! - [`profile`]: the CLI's local state (credential, id counter, seen ids,
+//!   sent messages), and where profiles live.
 //! - [`error`]: [`ClientError`], the error of everything above but profiles.
 
 #![forbid(unsafe_code)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use parley_client::profile::{Profile, ProfileDir, SeenIds};
+use parley_client::profile::{DEFAULT_PROFILE, Profile, ProfileDir, SeenIds};
 use parley_client::proto::close;
 use parley_client::proto::limits::MAX_BODY_BYTES;
 use parley_client::proto::v1::{
@@ -44,7 +44,7 @@ struct Cli {
     /// [default: the profile's, else ./parley-data/tls/cert.pem]
     #[arg(long, env = "PARLEY_CA", global = true, value_name = "PATH")]
     ca: Option<PathBuf>,
-    /// Folder holding this device's profile [default: $HOME/.parley]
+    /// Folder holding this device's profile [default: ~/.config/parley/profiles/default]
     #[arg(long, env = "PARLEY_PROFILE", global = true, value_name = "DIR")]
     profile: Option<PathBuf>,
     #[command(subcommand)]
@@ -136,9 +136,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let dir = match cli.profile.clone().or_else(ProfileDir::default_dir) {
+    let dir = match cli.profile.clone() {
         Some(dir) => ProfileDir::new(dir),
-        None => bail!("HOME is not set: pass --profile DIR"),
+        None => ProfileDir::named(DEFAULT_PROFILE)?,
     };
     match cli.command {
         Command::Register {
