@@ -15,9 +15,11 @@
 //! - [`profile`]: the CLI's local state (credential, id counter, seen ids,
 //!   sent messages), and where profiles live.
 //! - [`error`]: [`ClientError`], the error of everything above but profiles.
+//! - [`cli`]: the `parley-cli` commands (the binary is a thin wrapper).
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod error;
 pub mod phone;
 pub mod profile;
