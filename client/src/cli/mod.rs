@@ -247,6 +247,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         cli.profile_dir.as_deref(),
         std::env::var_os("PARLEY_PROFILE"),
         std::env::var_os("PARLEY_PROFILE_DIR"),
+        crate::profile::profiles_dir,
     )?;
     match &cli.command {
         Command::Register { phone, code } => {

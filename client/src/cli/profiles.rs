@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::output::say;
 use super::{Cli, CliError, Endpoints, Explain};
-use crate::profile::{DEFAULT_PROFILE, ProfileDir, list_profiles, profiles_dir};
+use crate::profile::{DEFAULT_PROFILE, ProfileDir, ProfileError, list_profiles, profiles_dir};
 use crate::registration::validate_http_url;
 use crate::session::validate_ws_url;
 use crate::tls_config_from_file;
@@ -15,17 +15,24 @@ use crate::tls_config_from_file;
 /// naming one (`--profile NAME`, `--profile-dir DIR`) exclude each other
 /// (clap refuses both flags; both variables is refused here, rather than
 /// one silently winning). Without any, the profile is `default`.
+///
+/// `profiles_dir` is where named profiles live (called only for a named
+/// one, so `--profile-dir` works without `HOME`).
 pub(crate) fn choose(
     flag_name: Option<&str>,
     flag_dir: Option<&Path>,
     env_name: Option<OsString>,
     env_dir: Option<OsString>,
+    profiles_dir: impl FnOnce() -> Result<PathBuf, ProfileError>,
 ) -> Result<ProfileDir, CliError> {
+    let named = |name: &str| -> Result<ProfileDir, CliError> {
+        Ok(ProfileDir::named_in(&profiles_dir()?, name)?)
+    };
     if let Some(dir) = flag_dir {
         return Ok(ProfileDir::new(dir));
     }
     if let Some(name) = flag_name {
-        return Ok(ProfileDir::named(name)?);
+        return named(name);
     }
     let env_name = env_name.filter(|v| !v.is_empty());
     let env_dir = env_dir.filter(|v| !v.is_empty());
@@ -38,9 +45,9 @@ pub(crate) fn choose(
             let name = name
                 .into_string()
                 .map_err(|name| CliError::new(format!("PARLEY_PROFILE is not UTF-8: {name:?}")))?;
-            Ok(ProfileDir::named(&name)?)
+            named(&name)
         }
-        (None, None) => Ok(ProfileDir::named(DEFAULT_PROFILE)?),
+        (None, None) => named(DEFAULT_PROFILE),
     }
 }
 
@@ -116,11 +123,31 @@ mod tests {
     #[test]
     fn flags_win_and_the_default_is_named_default() {
         let os = |s: &str| Some(OsString::from(s));
+        let root = || Ok(PathBuf::from("/cfg/parley/profiles"));
+        let choose = |name, dir, env_name, env_dir| choose(name, dir, env_name, env_dir, root);
+
         let dir = choose(None, Some(Path::new("/x/p")), os("bob"), None).expect("dir flag");
-        assert_eq!(dir.path(), Path::new("/x/p"));
-        assert_eq!(dir.name(), None);
+        assert_eq!((dir.path(), dir.name()), (Path::new("/x/p"), None));
         let dir = choose(None, None, None, os("/y/p")).expect("dir env");
-        assert_eq!(dir.path(), Path::new("/y/p"));
+        assert_eq!((dir.path(), dir.name()), (Path::new("/y/p"), None));
+        let dir = choose(Some("alice"), None, os("bob"), os("/y/p")).expect("name flag");
+        assert_eq!(
+            dir.path(),
+            Path::new("/cfg/parley/profiles/alice"),
+            "the flag wins"
+        );
+        let dir = choose(None, None, os("carol"), None).expect("name env");
+        assert_eq!(dir.path(), Path::new("/cfg/parley/profiles/carol"));
+        for (env_name, env_dir) in [(None, None), (os(""), os(""))] {
+            let dir = choose(None, None, env_name, env_dir).expect("default");
+            assert_eq!(
+                dir.name(),
+                Some(DEFAULT_PROFILE),
+                "empty variables are unset"
+            );
+            assert_eq!(dir.path(), Path::new("/cfg/parley/profiles/default"));
+        }
+
         assert!(
             choose(None, None, os("bob"), os("/y/p")).is_err(),
             "both variables"
@@ -133,21 +160,10 @@ mod tests {
             choose(None, None, os("a/b"), None).is_err(),
             "invalid name from env"
         );
-        // Named profiles depend on HOME / XDG_CONFIG_HOME, which a test must
-        // not change (other tests run in parallel): only the names here.
-        if let Ok(dir) = choose(Some("alice"), None, os("bob"), None) {
-            assert_eq!(dir.name(), Some("alice"), "the flag wins over the variable");
-        }
-        if let Ok(dir) = choose(None, None, None, None) {
-            assert_eq!(dir.name(), Some(DEFAULT_PROFILE));
-            assert!(dir.path().ends_with("parley/profiles/default"));
-        }
-        if let Ok(dir) = choose(None, None, os(""), None) {
-            assert_eq!(
-                dir.name(),
-                Some(DEFAULT_PROFILE),
-                "empty variables are unset"
-            );
-        }
+
+        // Without a configuration folder, only --profile-dir works.
+        let nowhere = || Err(ProfileError::NoConfigDir);
+        assert!(super::choose(None, None, None, None, nowhere).is_err());
+        assert!(super::choose(None, Some(Path::new("/x")), None, None, nowhere).is_ok());
     }
 }
