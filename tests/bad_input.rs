@@ -141,7 +141,7 @@ async fn slow_handshakes_are_cut_off() {
 
 async fn expect_refused(server: &TestServer, token: &str, why: &str) {
     match Session::connect(&server.ws_url(), server.tls.clone(), token).await {
-        Err(ClientError::Rejected { status }) => assert_eq!(status, 401, "{why}"),
+        Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 401, "{why}"),
         Ok(_) => panic!("{why}: the forged token connected"),
         Err(other) => panic!("{why}: expected 401, got {other:?}"),
     }

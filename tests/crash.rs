@@ -510,7 +510,7 @@ async fn connect(world: &World, me: usize, token: &str, rng: &mut SplitMix64) ->
         let url = world.gateway.borrow().clone();
         let error = match Session::connect_with(&url, world.tls.clone(), token, CONNECT).await {
             Ok(session) => return Some(session),
-            Err(ClientError::Rejected { status: 401 }) => {
+            Err(ClientError::Rejected { status: 401, .. }) => {
                 world.ledger().problem(format!(
                     "phone {me}: the gateway refused its credential (HTTP 401); \
                      credentials issued before a crash must work after it"

@@ -264,7 +264,7 @@ async fn re_registration_revokes_the_old_credential_and_session() {
         other => panic!("expected close 4002, got {other:?}"),
     }
     match parley_client::Session::connect(&server.ws_url(), server.tls.clone(), &old.token).await {
-        Err(ClientError::Rejected { status }) => assert_eq!(status, 401),
+        Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 401),
         Ok(_) => panic!("the old token still connects"),
         Err(other) => panic!("expected 401, got {other:?}"),
     }

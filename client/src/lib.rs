@@ -9,18 +9,26 @@
 //! - [`tls`]: a rustls client configuration trusting the server's PEM.
 //! - [`registration`]: the HTTPS registration and contact-lookup API.
 //! - [`session`]: one authenticated WebSocket session with the gateway.
-//! - [`profile`]: the CLI's local state (credential, id counter, seen ids).
+//! - [`phone`]: phone numbers as people write them, made E.164.
+//! - [`receipts`]: which receipts to believe (only the recipient's), and
+//!   receipts that arrive before their message's ack.
+//! - [`profile`]: the CLI's local state (credential, id counter, seen ids,
+//!   sent messages), and where profiles live.
 //! - [`error`]: [`ClientError`], the error of everything above but profiles.
+//! - [`cli`]: the `parley-cli` commands (the binary is a thin wrapper).
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod error;
+pub mod phone;
 pub mod profile;
+pub mod receipts;
 pub mod registration;
 pub mod session;
 pub mod tls;
 
-pub use error::ClientError;
+pub use error::{ClientError, CredentialRefusal};
 pub use parley_proto as proto;
 pub use registration::{CodeRequested, Contact, Credential, Registration};
 pub use session::{ConnectOptions, Session};

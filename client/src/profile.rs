@@ -1,15 +1,27 @@
-//! The CLI's local state: one folder per registered device.
+//! The CLI's local state: one folder per registered device, a *profile*.
 //!
+//! Where profiles live: `--profile NAME` is
+//! `$XDG_CONFIG_HOME/parley/profiles/NAME/` (`~/.config/parley/profiles/NAME/`
+//! when `XDG_CONFIG_HOME` is unset), the default profile is named
+//! [`DEFAULT_PROFILE`], and `--profile-dir DIR` is any folder. See
+//! [`ProfileDir::named`] and [`ProfileDir::new`].
+//!
+//! What a profile holds:
 //! - `profile.json`: endpoints, CA path, phone, ids, the token and the next
-//!   `client_msg_id`. Written with mode 0600 because the token is a bearer
-//!   secret.
+//!   `client_msg_id`.
 //! - `seen.json`: the last [`SEEN_CAPACITY`] message and receipt ids shown, so
 //!   `listen` does not show a redelivered message twice across runs.
+//! - `sent.json`: the recipient of each of the last
+//!   [`SENT_CAPACITY`](crate::receipts::SENT_CAPACITY) messages sent, so a
+//!   receipt is believed only from the user its message went to
+//!   ([`crate::receipts`]).
 //!
+//! The folder is mode 0700 and the files 0600: the token is a bearer secret.
 //! Writes go to a temporary file that is renamed over the old one, so a crash
 //! leaves the old or the new file, never half of one.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -19,9 +31,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::receipts::SentMessages;
+
 pub const PROFILE_FILE: &str = "profile.json";
 pub const SEEN_FILE: &str = "seen.json";
+pub const SENT_FILE: &str = "sent.json";
 const LOCK_FILE: &str = "profile.lock";
+/// The profile used when neither `--profile` nor `--profile-dir` is given.
+pub const DEFAULT_PROFILE: &str = "default";
 /// How many message ids (and as many receipt ids) `seen.json` remembers. The
 /// server only redelivers what was not acknowledged, at most a delivery
 /// window's worth per session, so this is far more than a redelivery spans.
@@ -36,8 +53,27 @@ const LOCK_STALE_AFTER: Duration = Duration::from_secs(30);
 /// Errors of the profile folder.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("no profile in {0}: run `parley-cli register <phone>` first")]
-    Missing(PathBuf),
+    /// No `profile.json` yet. The message says how to make one; `legacy`
+    /// names a folder an older `parley-cli` may have used instead.
+    #[error(
+        "no profile in {}: register first with `{command} register <phone>`{}",
+        dir.display(),
+        legacy.as_deref().map(|l| format!("; {l}")).unwrap_or_default()
+    )]
+    Missing {
+        dir: PathBuf,
+        /// `parley-cli` with the flag that selects this profile.
+        command: String,
+        legacy: Option<String>,
+    },
+    #[error(
+        "invalid profile name {0:?}: use a plain name such as `alice` (not empty, no `/`, not `.` or `..`), or --profile-dir DIR for a folder"
+    )]
+    InvalidName(String),
+    #[error(
+        "cannot tell where your configuration folder is (neither XDG_CONFIG_HOME nor HOME is set): use --profile-dir DIR"
+    )]
+    NoConfigDir,
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}")]
@@ -89,24 +125,141 @@ impl fmt::Debug for Profile {
     }
 }
 
-/// The profile folder.
+/// The profile folder, and how the user named it (so that messages can
+/// give the exact command to run).
 #[derive(Clone, Debug)]
 pub struct ProfileDir {
     dir: PathBuf,
+    /// `Some(name)` for a named profile, `None` for `--profile-dir`.
+    name: Option<String>,
+}
+
+/// Checks a profile name: it becomes one path component under the profiles
+/// folder, so it must not be empty, contain a separator, or climb out.
+pub fn validate_name(name: &str) -> Result<(), ProfileError> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control);
+    if bad {
+        Err(ProfileError::InvalidName(name.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The user's configuration folder per the XDG base directory spec:
+/// `$XDG_CONFIG_HOME` if it is set to an absolute path, else `$HOME/.config`.
+pub fn config_dir(xdg_config_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+    // The spec says a relative XDG_CONFIG_HOME is invalid and to be ignored.
+    let xdg = xdg_config_home
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    xdg.or_else(|| {
+        home.filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".config"))
+    })
+}
+
+/// `<config dir>/parley/profiles`, where named profiles live.
+pub fn profiles_dir() -> Result<PathBuf, ProfileError> {
+    let config = config_dir(
+        std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
+    .ok_or(ProfileError::NoConfigDir)?;
+    Ok(config.join("parley").join("profiles"))
+}
+
+/// The names of the profiles in `profiles_dir` (folders holding a
+/// `profile.json`), sorted.
+pub fn list_profiles(profiles_dir: &Path) -> Result<Vec<String>, ProfileError> {
+    let entries = match fs::read_dir(profiles_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ProfileError::Read {
+                path: profiles_dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(PROFILE_FILE).is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 impl ProfileDir {
+    /// An explicit folder (`--profile-dir DIR`).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            name: None,
+        }
     }
 
-    /// `$HOME/.parley`, when `HOME` is set.
-    pub fn default_dir() -> Option<PathBuf> {
-        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".parley"))
+    /// The profile `name` in the user's configuration folder
+    /// (`$XDG_CONFIG_HOME/parley/profiles/NAME`).
+    pub fn named(name: &str) -> Result<Self, ProfileError> {
+        Self::named_in(&profiles_dir()?, name)
+    }
+
+    /// The profile `name` under `profiles_dir`.
+    pub fn named_in(profiles_dir: &Path, name: &str) -> Result<Self, ProfileError> {
+        validate_name(name)?;
+        Ok(Self {
+            dir: profiles_dir.join(name),
+            name: Some(name.to_string()),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The profile's name; `None` for an explicit folder.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// `parley-cli` with the flag that selects this profile, to build
+    /// exact commands for messages: `parley-cli --profile bob`, plain
+    /// `parley-cli` for the default profile, `parley-cli --profile-dir DIR`.
+    pub fn command(&self) -> String {
+        match &self.name {
+            Some(name) if name == DEFAULT_PROFILE => "parley-cli".to_string(),
+            Some(name) => format!("parley-cli --profile {}", shell_quote(name)),
+            None => format!(
+                "parley-cli --profile-dir {}",
+                shell_quote(&self.dir.to_string_lossy())
+            ),
+        }
+    }
+
+    /// Where an older `parley-cli` kept this profile, if a profile is
+    /// there: `./NAME` (`--profile` used to be a folder) or `~/.parley`
+    /// (the old default).
+    fn legacy_hint(&self) -> Option<String> {
+        let name = self.name.as_deref()?;
+        let old = if name == DEFAULT_PROFILE {
+            PathBuf::from(std::env::var_os("HOME")?).join(".parley")
+        } else {
+            PathBuf::from(name)
+        };
+        old.join(PROFILE_FILE).is_file().then(|| {
+            format!(
+                "an older parley-cli kept a profile in {}: use it with `--profile-dir {}`, or move it to {}",
+                old.display(),
+                shell_quote(&old.to_string_lossy()),
+                self.dir.display()
+            )
+        })
     }
 
     /// Loads `profile.json`; [`ProfileError::Missing`] if there is none.
@@ -114,7 +267,11 @@ impl ProfileDir {
         let path = self.dir.join(PROFILE_FILE);
         match read_json(&path)? {
             Some(profile) => Ok(profile),
-            None => Err(ProfileError::Missing(self.dir.clone())),
+            None => Err(ProfileError::Missing {
+                dir: self.dir.clone(),
+                command: self.command(),
+                legacy: self.legacy_hint(),
+            }),
         }
     }
 
@@ -152,20 +309,53 @@ impl ProfileDir {
         write_json(&self.dir.join(SEEN_FILE), seen)
     }
 
+    /// Loads `sent.json` (who each sent message went to), or an empty
+    /// record if there is none yet.
+    pub fn load_sent(&self) -> Result<SentMessages, ProfileError> {
+        let sent: Option<SentMessages> = read_json(&self.dir.join(SENT_FILE))?;
+        let mut sent = sent.unwrap_or_default();
+        sent.trim();
+        Ok(sent)
+    }
+
+    /// Adds one sent message to `sent.json`, under the profile lock so that
+    /// two `send`s at once both keep their entry.
+    pub fn record_sent(&self, message_id: u64, to_user: u64) -> Result<(), ProfileError> {
+        let _lock = self.lock()?;
+        let mut sent = self.load_sent()?;
+        sent.insert(message_id, to_user);
+        write_json(&self.dir.join(SENT_FILE), &sent)
+    }
+
+    /// Creates the folder (and its parents) mode 0700, and takes group and
+    /// other permissions off it if it already existed with them: it holds
+    /// a bearer token.
     fn create_dir(&self) -> Result<(), ProfileError> {
+        let write_err = |source| ProfileError::Write {
+            path: self.dir.clone(),
+            source,
+        };
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::DirBuilderExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
             builder.mode(0o700);
+            builder.create(&self.dir).map_err(write_err)?;
+            let mode = fs::metadata(&self.dir)
+                .map_err(write_err)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&self.dir, fs::Permissions::from_mode(mode & 0o700))
+                    .map_err(write_err)?;
+            }
+            Ok(())
         }
-        builder
-            .create(&self.dir)
-            .map_err(|source| ProfileError::Write {
-                path: self.dir.clone(),
-                source,
-            })
+        #[cfg(not(unix))]
+        {
+            builder.create(&self.dir).map_err(write_err)
+        }
     }
 
     /// An exclusive lock: a file created with `create_new`, which is atomic
@@ -192,6 +382,19 @@ impl ProfileDir {
                 Err(source) => return Err(ProfileError::Write { path, source }),
             }
         }
+    }
+}
+
+/// `s` as one shell word: as is when it only holds characters no shell
+/// treats specially, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./+=:@,%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -326,7 +529,7 @@ mod tests {
     fn save_then_load() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = ProfileDir::new(tmp.path().join("nested/profile"));
-        assert!(matches!(dir.load(), Err(ProfileError::Missing(_))));
+        assert!(matches!(dir.load(), Err(ProfileError::Missing { .. })));
         dir.save(&profile()).expect("save");
         assert_eq!(dir.load().expect("load"), profile());
     }
@@ -336,11 +539,131 @@ mod tests {
     fn profile_is_private() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = ProfileDir::new(tmp.path().join("p"));
+        let dir = ProfileDir::named_in(&tmp.path().join("parley/profiles"), "alice").expect("name");
         dir.save(&profile()).expect("save");
+        dir.save_seen(&SeenIds::default()).expect("save seen");
+        dir.record_sent(1, 2).expect("record sent");
         let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path().join(PROFILE_FILE)), 0o600);
+        for file in [PROFILE_FILE, SEEN_FILE, SENT_FILE] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
         assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&tmp.path().join("parley/profiles")), 0o700);
+
+        // A folder that already existed with wider permissions is tightened.
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).expect("mkdir");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+        ProfileDir::new(&open).save(&profile()).expect("save");
+        assert_eq!(mode(&open), 0o700);
+    }
+
+    #[test]
+    fn names_are_one_plain_path_component() {
+        for good in ["alice", "bob-2", "work.phone", "Ünïcode", "a..b"] {
+            validate_name(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "/abs", "a\\b", "tab\there"] {
+            assert!(
+                matches!(validate_name(bad), Err(ProfileError::InvalidName(_))),
+                "{bad:?} accepted"
+            );
+        }
+        let root = Path::new("/cfg/parley/profiles");
+        assert!(ProfileDir::named_in(root, "../../etc").is_err());
+        let dir = ProfileDir::named_in(root, "bob").expect("valid");
+        assert_eq!(dir.path(), Path::new("/cfg/parley/profiles/bob"));
+        assert_eq!(dir.name(), Some("bob"));
+    }
+
+    #[test]
+    fn config_dir_follows_xdg() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            config_dir(os("/x/config"), os("/home/u")),
+            Some(PathBuf::from("/x/config"))
+        );
+        assert_eq!(
+            config_dir(None, os("/home/u")),
+            Some(PathBuf::from("/home/u/.config"))
+        );
+        // Empty or relative XDG_CONFIG_HOME is ignored, as the spec says.
+        assert_eq!(
+            config_dir(os(""), os("/home/u")),
+            Some(PathBuf::from("/home/u/.config"))
+        );
+        assert_eq!(
+            config_dir(os("rel/config"), os("/home/u")),
+            Some(PathBuf::from("/home/u/.config"))
+        );
+        assert_eq!(config_dir(None, None), None);
+        assert_eq!(config_dir(None, os("")), None);
+    }
+
+    #[test]
+    fn commands_name_the_profile_as_the_user_would_type_it() {
+        let root = Path::new("/cfg/parley/profiles");
+        let named = |n: &str| ProfileDir::named_in(root, n).expect("valid").command();
+        assert_eq!(named("bob"), "parley-cli --profile bob");
+        assert_eq!(named(DEFAULT_PROFILE), "parley-cli");
+        assert_eq!(named("my phone"), "parley-cli --profile 'my phone'");
+        assert_eq!(
+            ProfileDir::new("/tmp/p q").command(),
+            "parley-cli --profile-dir '/tmp/p q'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn missing_profile_says_how_to_register() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ProfileDir::named_in(tmp.path(), "carol").expect("valid");
+        let message = dir.load().expect_err("missing").to_string();
+        assert!(
+            message.contains("`parley-cli --profile carol register <phone>`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn profiles_are_listed_by_name() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(
+            list_profiles(&tmp.path().join("none"))
+                .expect("empty")
+                .is_empty()
+        );
+        for name in ["bob", "alice"] {
+            ProfileDir::named_in(tmp.path(), name)
+                .expect("valid")
+                .save(&profile())
+                .expect("save");
+        }
+        fs::create_dir(tmp.path().join("not-a-profile")).expect("mkdir");
+        assert_eq!(list_profiles(tmp.path()).expect("list"), ["alice", "bob"]);
+    }
+
+    #[test]
+    fn sent_messages_persist_and_concurrent_records_keep_both() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ProfileDir::new(tmp.path());
+        assert!(dir.load_sent().expect("empty").is_empty());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let dir = ProfileDir::new(tmp.path());
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        dir.record_sent(t * 100 + i, t).expect("record");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let sent = dir.load_sent().expect("load");
+        assert_eq!(sent.len(), 40);
+        assert_eq!(sent.recipient(305), Some(3));
     }
 
     #[test]

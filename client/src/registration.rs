@@ -72,15 +72,13 @@ pub struct Contact {
 impl Registration {
     /// A client for the API at `http_base` (e.g. `https://127.0.0.1:8443`),
     /// trusting what `tls` trusts.
+    ///
+    /// A server that cannot be reached is [`ClientError::Unreachable`] and
+    /// an untrusted certificate [`ClientError::TlsHandshake`], both naming
+    /// `http_base`.
     pub fn new(http_base: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, ClientError> {
+        validate_http_url(http_base)?;
         let base = http_base.trim_end_matches('/');
-        let url = reqwest::Url::parse(base)
-            .map_err(|e| ClientError::InvalidInput(format!("registration URL {base:?}: {e}")))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(ClientError::InvalidInput(format!(
-                "registration URL {base:?}: scheme must be https"
-            )));
-        }
         // reqwest takes the config by value and does not add ALPN to a
         // preconfigured one; offer both protocols so an HTTP/2 server gets it.
         let mut tls = (*tls).clone();
@@ -183,7 +181,10 @@ impl Registration {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::from_request(&self.base, e))?;
         let status = response.status();
         if status.is_success() {
             let bytes = read_limited(response).await?;
@@ -202,6 +203,20 @@ impl Registration {
             Err(api_error(status, retry_after.as_deref(), &bytes))
         }
     }
+}
+
+/// Checks that `http_base` is a registration API URL [`Registration::new`]
+/// accepts (`https://host[:port]`), without connecting.
+pub fn validate_http_url(http_base: &str) -> Result<(), ClientError> {
+    let base = http_base.trim_end_matches('/');
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::InvalidInput(format!("registration URL {base:?}: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(ClientError::InvalidInput(format!(
+            "registration URL {base:?}: scheme must be https"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a response body, refusing more than [`MAX_RESPONSE_BYTES`].

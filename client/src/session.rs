@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::debug;
 
 use crate::ClientError;
-use crate::error::{ABNORMAL_CLOSURE, NO_STATUS};
+use crate::error::{ABNORMAL_CLOSURE, NO_STATUS, find_rustls_error, io_reason};
 
 /// The WebSocket stream a [`Session`] owns.
 type WsStream = WebSocketStream<TlsStream<TcpStream>>;
@@ -128,6 +128,12 @@ impl Target {
     }
 }
 
+/// Checks that `ws_url` is a gateway URL [`Session::connect`] can use
+/// (`wss://host[:port]/path`), without connecting.
+pub fn validate_ws_url(ws_url: &str) -> Result<(), ClientError> {
+    Target::parse(ws_url).map(|_| ())
+}
+
 fn ws_config() -> WebSocketConfig {
     // The protocol's limit applies to what the server sends too; a bigger
     // message means a broken or hostile server.
@@ -141,8 +147,10 @@ impl Session {
     /// Connects with [`ConnectOptions::default`].
     ///
     /// TCP connect, TLS (server name from the URL host; IP addresses work),
-    /// WebSocket upgrade with `Authorization: Bearer <token>`. An upgrade the
-    /// server refuses with an HTTP status is [`ClientError::Rejected`].
+    /// WebSocket upgrade with `Authorization: Bearer <token>`. Nothing
+    /// listening is [`ClientError::Unreachable`], an untrusted certificate
+    /// [`ClientError::TlsHandshake`], and an upgrade the server refuses with
+    /// an HTTP status [`ClientError::Rejected`] (with the body's code).
     pub async fn connect(
         ws_url: &str,
         tls: Arc<rustls::ClientConfig>,
@@ -179,13 +187,24 @@ impl Session {
         };
 
         let handshake = async {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: ws_url.to_string(),
+                    reason: io_reason(&e),
+                })?;
             // Frames are small and latency is the product: no Nagle delay.
             tcp.set_nodelay(true)?;
             let stream = TlsConnector::from(tls)
                 .connect(target.server_name, tcp)
                 .await
-                .map_err(|e| ClientError::Tls(e.to_string()))?;
+                .map_err(|e| match find_rustls_error(&e) {
+                    Some(error) => ClientError::TlsHandshake {
+                        url: ws_url.to_string(),
+                        error: error.clone(),
+                    },
+                    None => ClientError::Tls(format!("handshake with {ws_url}: {e}")),
+                })?;
             let (ws, _response) =
                 tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
                     .await?;

@@ -45,10 +45,24 @@ pub fn tls_config_from_pem(pem: &[u8]) -> Result<Arc<ClientConfig>, ClientError>
 
 /// [`tls_config_from_pem`] on the contents of a file (for example the
 /// server's `<data-dir>/tls/cert.pem`).
+///
+/// Fails with [`ClientError::CaFile`] when the file cannot be read or holds
+/// no usable certificate, so the caller can say which file to fix.
 pub fn tls_config_from_file(path: &Path) -> Result<Arc<ClientConfig>, ClientError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| ClientError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
-    tls_config_from_pem(&pem)
+    let ca_file = |reason: String| ClientError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        ca_file(match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            _ => crate::error::io_reason(&e),
+        })
+    })?;
+    tls_config_from_pem(&pem).map_err(|e| match e {
+        ClientError::Tls(reason) => ca_file(reason),
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -94,9 +108,21 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_is_a_tls_error() {
+    fn file_errors_name_the_file() {
         let err = tls_config_from_file(Path::new("/nonexistent/parley/cert.pem"))
             .expect_err("missing file");
-        assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+        assert!(
+            matches!(&err, ClientError::CaFile { path, reason }
+                if path == Path::new("/nonexistent/parley/cert.pem") && reason == "no such file"),
+            "{err:?}"
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let junk = tmp.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let err = tls_config_from_file(&junk).expect_err("no certificate");
+        assert!(
+            matches!(&err, ClientError::CaFile { reason, .. } if reason.contains("no certificate")),
+            "{err:?}"
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! `Session` against a tiny in-test gateway: real TCP, real TLS (a
 //! self-signed rcgen certificate), real WebSocket, the Parley frames.
 //!
-//! The stand-in gateway checks the bearer token (401 before the upgrade if
-//! wrong), answers a `Send` with a `ServerAck`, counts pings, and, like the
-//! real one, displaces an older session of the same device when a new one
-//! connects: a `Closing{DISPLACED}` frame, then close code 4001. A session
-//! of [`LISTENER_TOKEN`] first gets a backlog (a message, a receipt,
+//! The stand-in gateway checks the bearer token (401 with the real
+//! gateway's JSON error body before the upgrade if wrong), answers a `Send`
+//! with a `ServerAck`, counts pings, and, like the real one, displaces an
+//! older session of the same device when a new one connects: a
+//! `Closing{DISPLACED}` frame, then close code 4001. A session of
+//! [`LISTENER_TOKEN`] first gets a backlog (a message, a receipt,
 //! `QueueEmpty`), and the gateway logs the acks it receives, so the CLI's
-//! `listen` can be checked too.
+//! `listen` can be checked too. A session of [`EARLY_RECEIPT_TOKEN`] gets
+//! read receipts for a sent message *before* its ack, as happens after a
+//! lost ack, one of them forged by another user.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use parley_client::proto::v1::{
 use parley_client::tungstenite::Message;
 use parley_client::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use parley_client::tungstenite::protocol::CloseFrame;
-use parley_client::{ClientError, ConnectOptions, Session, tls_config_from_pem};
+use parley_client::{ClientError, ConnectOptions, CredentialRefusal, Session, tls_config_from_pem};
 use prost::Message as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -31,6 +34,12 @@ use tokio_rustls::TlsAcceptor;
 const TOKEN: &str = "good-token";
 /// A second valid token whose sessions start with a backlog.
 const LISTENER_TOKEN: &str = "listener-token";
+/// A valid token whose sends get their read receipts before their ack.
+const EARLY_RECEIPT_TOKEN: &str = "early-receipt-token";
+/// A token the stand-in refuses as revoked.
+const REVOKED_TOKEN: &str = "revoked-token";
+/// The user who forges a read receipt for someone else's message.
+const MALLORY: u64 = 99;
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Gateway {
@@ -122,20 +131,35 @@ struct State {
 async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, state: State) {
     let listener_session = Arc::new(AtomicBool::new(false));
     let is_listener = listener_session.clone();
+    let early_session = Arc::new(AtomicBool::new(false));
+    let is_early = early_session.clone();
     // The error type is tungstenite's `Callback` contract, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_token = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let auth = req.headers().get("authorization").map(|v| v.as_bytes());
-        if auth == Some(format!("Bearer {LISTENER_TOKEN}").as_bytes()) {
+        let bearer = |token: &str| auth == Some(format!("Bearer {token}").as_bytes());
+        if bearer(LISTENER_TOKEN) {
             is_listener.store(true, Ordering::SeqCst);
             return Ok(resp);
         }
-        if auth == Some(format!("Bearer {TOKEN}").as_bytes()) {
+        if bearer(EARLY_RECEIPT_TOKEN) {
+            is_early.store(true, Ordering::SeqCst);
             return Ok(resp);
         }
+        if bearer(TOKEN) {
+            return Ok(resp);
+        }
+        // The real gateway's refusal: 401 and a JSON body with the code.
+        let code = if bearer(REVOKED_TOKEN) {
+            "TOKEN_REVOKED"
+        } else {
+            "TOKEN_INVALID"
+        };
         Err(http::Response::builder()
             .status(401)
-            .body(Some("bad token".to_string()))
+            .body(Some(format!(
+                r#"{{"error":{{"code":"{code}","message":"refused"}}}}"#
+            )))
             .expect("response"))
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tls, check_token).await else {
@@ -168,7 +192,8 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
                 let Ok(client) = ClientFrame::decode(bytes) else {
                     return;
                 };
-                for reply in answer(client, &state) {
+                let early = early_session.load(Ordering::SeqCst);
+                for reply in answer(client, &state, early) {
                     let _ = ws.send(reply).await;
                 }
             }
@@ -183,17 +208,32 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
 
 /// Logs acks and read receipts; answers a `Send` with a ping (which the
 /// client must skip) and a `ServerAck` with `message_id = 1000 + client_msg_id`.
-fn answer(client: ClientFrame, state: &State) -> Vec<Message> {
+/// With `early_receipts`, two READ receipts for that message come before
+/// the ack: one forged by [`MALLORY`], then the recipient's.
+fn answer(client: ClientFrame, state: &State, early_receipts: bool) -> Vec<Message> {
     let entry = match client.frame {
         Some(client_frame::Frame::Send(send)) => {
-            return vec![
-                Message::Ping("x".into()),
-                frame(server_frame::Frame::Ack(ServerAck {
-                    client_msg_id: send.client_msg_id,
-                    message_id: 1000 + send.client_msg_id,
-                    timestamp_ms: 1_700_000_000_000,
-                })),
-            ];
+            let message_id = 1000 + send.client_msg_id;
+            let read_by = |receipt_id: u64, from_user: u64| {
+                frame(server_frame::Frame::Receipt(Receipt {
+                    receipt_id,
+                    kind: ReceiptKind::Read as i32,
+                    from_user,
+                    message_ids: vec![message_id],
+                    timestamp_ms: 3,
+                }))
+            };
+            let mut replies = vec![Message::Ping("x".into())];
+            if early_receipts {
+                replies.push(read_by(61, MALLORY));
+                replies.push(read_by(62, send.to_user));
+            }
+            replies.push(frame(server_frame::Frame::Ack(ServerAck {
+                client_msg_id: send.client_msg_id,
+                message_id,
+                timestamp_ms: 1_700_000_000_000,
+            })));
+            return replies;
         }
         Some(client_frame::Frame::DeliveryAck(a)) => format!("delivery_ack {:?}", a.message_ids),
         Some(client_frame::Frame::MarkRead(r)) => {
@@ -232,11 +272,38 @@ where
 async fn wrong_token_is_rejected_before_the_upgrade() {
     let gw = start_gateway().await;
     let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
-    let err = Session::connect(&gw.url, tls, "wrong-token")
+    let err = Session::connect(&gw.url, tls.clone(), "wrong-token")
         .await
         .expect_err("must be refused");
     assert!(
-        matches!(err, ClientError::Rejected { status: 401 }),
+        matches!(&err, ClientError::Rejected { status: 401, code: Some(code) } if code == "TOKEN_INVALID"),
+        "{err:?}"
+    );
+    let err = Session::connect(&gw.url, tls, REVOKED_TOKEN)
+        .await
+        .expect_err("must be refused");
+    assert_eq!(
+        err.credential_refusal(),
+        Some(CredentialRefusal::Revoked),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    // A port that was just free: nothing listens there.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let url = format!("wss://127.0.0.1:{port}/v1/ws");
+    let err = Session::connect(&url, tls, TOKEN)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(&err, ClientError::Unreachable { url: u, reason } if *u == url && reason == "connection refused"),
         "{err:?}"
     );
 }
@@ -249,7 +316,15 @@ async fn untrusted_certificate_is_a_tls_error() {
     let err = Session::connect(&gw.url, tls, TOKEN)
         .await
         .expect_err("server cert is not trusted");
-    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    // rcgen gives both certificates the same subject, so rustls finds the
+    // trusted one as the issuer and then the signature does not verify.
+    assert!(
+        matches!(
+            &err,
+            ClientError::TlsHandshake { url, error: rustls::Error::InvalidCertificate(_) } if *url == gw.url
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -381,14 +456,8 @@ async fn cli_send_prints_the_ack_and_persists_the_counter() {
     dir.save(&profile).expect("save profile");
 
     let cli = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-cli"));
-        command
-            .arg("--profile")
-            .arg(dir.path())
-            .args(args)
-            .env_remove("PARLEY_HTTP")
-            .env_remove("PARLEY_WS")
-            .env_remove("PARLEY_CA");
+        let mut command = cli_command(tmp.path());
+        command.arg("--profile-dir").arg(dir.path()).args(args);
         command
     };
 
@@ -415,9 +484,104 @@ async fn cli_send_prints_the_ack_and_persists_the_counter() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(out.stdout.is_empty());
     assert!(
-        stderr.contains("HTTP 401") && stderr.contains("register again"),
+        stderr.contains("revoked")
+            && stderr.contains(&format!(
+                "`parley-cli --profile-dir {} register +15550000001`",
+                dir.path().display()
+            )),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+/// `parley-cli` with an environment of its own: `HOME` and
+/// `XDG_CONFIG_HOME` in `home` (so no test touches the real home), no
+/// endpoint variables, and backtraces on, so that a panic would show.
+fn cli_command(home: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-cli"));
+    command
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("PARLEY_HTTP")
+        .env_remove("PARLEY_WS")
+        .env_remove("PARLEY_CA")
+        .env_remove("PARLEY_PROFILE")
+        .env_remove("PARLEY_PROFILE_DIR")
+        .current_dir(home)
+        .kill_on_drop(true);
+    command
+}
+
+/// `send --wait read` when the read receipts come before the ack (as after
+/// a lost ack): the CLI holds them until the ack names the message, then
+/// believes the recipient's and ignores the one forged by another user. It
+/// acknowledges both, so neither comes back.
+#[tokio::test]
+async fn cli_send_wait_survives_receipts_before_the_ack() {
+    use parley_client::profile::{Profile, ProfileDir};
+
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = tmp.path().join("cert.pem");
+    std::fs::write(&ca, &gw.ca_pem).expect("write CA");
+    let dir = ProfileDir::new(tmp.path().join("profile"));
+    dir.save(&Profile {
+        http: "https://127.0.0.1:1".into(),
+        ws: gw.url.clone(),
+        ca,
+        phone: "+15550000003".into(),
+        user_id: 3,
+        device_id: 1,
+        token: EARLY_RECEIPT_TOKEN.into(),
+        next_client_msg_id: 5,
+    })
+    .expect("save profile");
+
+    let mut command = cli_command(tmp.path());
+    command.arg("--profile-dir").arg(dir.path()).args([
+        "send",
+        "42",
+        "hello",
+        "--wait",
+        "read",
+        "--timeout",
+        "10",
+    ]);
+    let out = tokio::time::timeout(WAIT * 3, command.output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "✓ sent 1005\n✓✓ read 1005 by 42\n"
+    );
+    assert!(
+        stderr.contains("ignoring a read receipt") && stderr.contains(&MALLORY.to_string()),
+        "the forged receipt is warned about: {stderr}"
+    );
+    // The recipient of the message is on record for later runs.
+    let sent = dir.load_sent().expect("sent.json");
+    assert_eq!(sent.recipient(1005), Some(42));
+
+    // The CLI closes after its last ack; wait for the stand-in to log both.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = gw.log.lock().expect("log lock").clone();
+        if log.contains(&"receipt_ack [61]".to_string())
+            && log.contains(&"receipt_ack [62]".to_string())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "receipts not acked: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// `listen` shows the backlog in its documented format, acks everything,
@@ -444,14 +608,12 @@ async fn cli_listen_shows_acks_and_deduplicates() {
     })
     .expect("save profile");
     let listen = |extra: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley-cli"));
+        let mut command = cli_command(tmp.path());
         command
-            .arg("--profile")
+            .arg("--profile-dir")
             .arg(dir.path())
             .args(["listen", "--exit-on-empty", "--timeout", "5"])
-            .args(extra)
-            .env_remove("PARLEY_WS")
-            .env_remove("PARLEY_CA");
+            .args(extra);
         command
     };
 
@@ -478,17 +640,22 @@ async fn cli_listen_shows_acks_and_deduplicates() {
         "redelivery shown again"
     );
 
-    // The CLI closes after its last ack; the gateway may still be logging it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = gw.log.lock().expect("log lock").clone();
-    assert_eq!(
-        log,
-        [
-            "delivery_ack [77]",
-            "mark_read 9 [77]",
-            "receipt_ack [5]",
-            "delivery_ack [77]",
-            "receipt_ack [5]",
-        ]
-    );
+    // The CLI closes after its last ack; the gateway may still be logging
+    // it, so wait (boundedly) for the five entries rather than a while.
+    let expected = [
+        "delivery_ack [77]",
+        "mark_read 9 [77]",
+        "receipt_ack [5]",
+        "delivery_ack [77]",
+        "receipt_ack [5]",
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = gw.log.lock().expect("log lock").clone();
+        if log.len() >= expected.len() || tokio::time::Instant::now() >= deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(log, expected);
 }

@@ -1,0 +1,474 @@
+//! `parley-cli`, the command-line phone: its flags and commands.
+//!
+//! The commands live in the library so that they can be unit tested; the
+//! binary (`src/main.rs`) only parses the flags, sets up tracing and calls
+//! [`run`]. `docs/cli.md` is the user's reference.
+//!
+//! The output contract: stable lines on stdout (`registered <id>`,
+//! `✓ sent <id>`, `✓✓ delivered <ids> by <user>`, `✓✓ read <ids> by <user>`,
+//! `<from_user> <message_id> <text>`, `<phone> <user_id>`), which the README
+//! and the tests grep; warnings, prompts and notes on stderr; an error is one
+//! line on stderr (a [`CliError`], worded with what to do) and exit code 1.
+//!
+//! Modules:
+//! - `register`: `register`, with the code prompt.
+//! - `send`: `send`, and waiting for its receipts.
+//! - `listen`: `listen`.
+//! - `lookup`: `lookup`, with phone number normalisation.
+//! - `profiles`: `whoami`, `profile set`, `profile list`, and which profile a
+//!   run uses.
+//! - `inbox`: what arrives in a session (deliveries, receipts), shown once
+//!   and acknowledged.
+//! - `explain`: a [`ClientError`] as one line that says what to do.
+//! - `output`: the stable stdout lines, and writing them.
+//! - `prompt`: reading lines from stdin without blocking the runtime.
+
+mod explain;
+mod inbox;
+mod listen;
+mod lookup;
+mod output;
+mod profiles;
+mod prompt;
+mod register;
+mod send;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::profile::{Profile, ProfileDir, ProfileError};
+use crate::{ClientError, DEFAULT_HTTP, DEFAULT_WS, tls_config_from_file};
+
+pub use explain::Explain;
+
+/// The CA file used when neither a flag nor the profile names one: where
+/// `parley` writes its generated certificate when run from the same folder.
+pub const DEFAULT_CA: &str = "./parley-data/tls/cert.pem";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "parley-cli",
+    version,
+    about = "A command-line phone for Parley",
+    long_about = "A command-line phone for Parley: it registers, sends and receives \
+                  exactly as a phone app would.\n\n\
+                  Each registered device is a profile, kept in \
+                  $XDG_CONFIG_HOME/parley/profiles/NAME (~/.config/parley/profiles/NAME); \
+                  without --profile or --profile-dir the profile is `default`. \
+                  A profile remembers its server's URLs and CA file; \
+                  `parley-cli profile set` changes them. \
+                  Errors are one line on stderr, with exit code 1. See docs/cli.md."
+)]
+pub struct Cli {
+    /// Registration API base URL [default: the profile's, else https://127.0.0.1:8443]
+    #[arg(long, env = "PARLEY_HTTP", global = true, value_name = "URL")]
+    pub http: Option<String>,
+    /// Gateway WebSocket URL [default: the profile's, else wss://127.0.0.1:5443/v1/ws]
+    #[arg(long, env = "PARLEY_WS", global = true, value_name = "URL")]
+    pub ws: Option<String>,
+    /// PEM file of the server's certificate, to trust it: <data-dir>/tls/cert.pem
+    /// of the server [default: the profile's, else ./parley-data/tls/cert.pem]
+    #[arg(long, env = "PARLEY_CA", global = true, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// Use the profile NAME, kept in $XDG_CONFIG_HOME/parley/profiles/NAME
+    /// (~/.config/parley/profiles/NAME) [env: PARLEY_PROFILE] [default: default]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "profile_dir"
+    )]
+    pub profile: Option<String>,
+    /// Keep the profile in DIR instead (a folder of its own: it is made
+    /// private, mode 0700) [env: PARLEY_PROFILE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub profile_dir: Option<PathBuf>,
+    /// Which of --http, --ws and --ca were typed on the command line (not
+    /// taken from the environment): `profile set` saves only those.
+    #[arg(skip)]
+    pub typed: Typed,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which endpoint flags were given on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Typed {
+    pub http: bool,
+    pub ws: bool,
+    pub ca: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register this phone number as a new device; prints `registered <user_id>`.
+    ///
+    /// Without --code, asks the server to text a code and prompts for it on
+    /// stdin, again after a wrong guess. With --code, only verifies that
+    /// code (you already requested it), so an abandoned prompt can be
+    /// finished without asking for a new code. Registering again revokes the
+    /// number's previous device. The number may be written with spaces,
+    /// dashes, dots or parentheses, but must start with + and its country
+    /// code.
+    Register {
+        /// Phone number with its country code, e.g. +15551234567
+        phone: String,
+        /// The code you already received: skip the request, just verify
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Print this profile: `user_id`, `device_id`, `phone`, `profile` (its
+    /// folder), `http`, `ws` and `ca` lines.
+    Whoami,
+    /// Print `<phone> <user_id>` for each given number that is registered.
+    ///
+    /// Numbers may be written with spaces, dashes, dots or parentheses
+    /// (quote them); they must start with + and the country code. Numbers
+    /// that are not phone numbers are skipped with a warning, and a note
+    /// says when none is registered.
+    Lookup {
+        #[arg(required = true, value_name = "PHONE")]
+        phones: Vec<String>,
+    },
+    /// Send a text; prints `✓ sent <message_id>` once the server has stored it.
+    ///
+    /// With --wait, stays connected and prints receipts
+    /// (`✓✓ delivered <ids> by <user>`, `✓✓ read <ids> by <user>`), acking
+    /// them, until the wanted one for this message arrives. Messages that
+    /// arrive meanwhile are left queued for `listen`. A receipt counts only
+    /// if it comes from the message's recipient.
+    Send {
+        /// Recipient user id (find it with `lookup <phone>`)
+        #[arg(value_name = "USER_ID")]
+        user_id: String,
+        /// The message, sent as UTF-8
+        text: String,
+        /// Also wait for this receipt of the message
+        #[arg(long, value_enum)]
+        wait: Option<WaitFor>,
+        /// Seconds to wait for the server's ack and, with --wait, the
+        /// receipt; then exit 1. A message already acked stays sent: its
+        /// receipts arrive in `listen`.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Print incoming messages as `<from_user> <message_id> <text>` and
+    /// receipts as `✓✓ delivered|read <ids> by <user>`, acknowledging each.
+    ///
+    /// Runs until Ctrl-C (clean close, exit 0) or until the server closes the
+    /// session (exit 1). Control characters in texts are escaped so each
+    /// message is one line. Receipts for messages this profile sent to
+    /// someone else than their `from_user` are ignored with a warning.
+    Listen {
+        /// Also send a read receipt for every message shown
+        #[arg(long)]
+        read: bool,
+        /// Exit 0 once the messages queued while offline have all arrived
+        #[arg(long)]
+        exit_on_empty: bool,
+        /// Stop after this many seconds (exit 0; exit 1 if --exit-on-empty
+        /// was given and the queue had not been drained yet)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Change or list profiles without registering again.
+    Profile {
+        #[command(subcommand)]
+        action: ProfileAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileAction {
+    /// Save the --http, --ws and/or --ca given on this command line into the
+    /// profile (the server moved, or made a new certificate), and print
+    /// them as `http <url>`, `ws <url>`, `ca <path>`.
+    Set,
+    /// Print the name of every profile in $XDG_CONFIG_HOME/parley/profiles.
+    List,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WaitFor {
+    Delivered,
+    Read,
+}
+
+impl Cli {
+    /// Parses `std::env::args`, exiting with clap's usage message (code 2)
+    /// on a usage error.
+    pub fn from_env() -> Self {
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name).
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        cli.typed = Typed {
+            http: typed("http"),
+            ws: typed("ws"),
+            ca: typed("ca"),
+        };
+        Ok(cli)
+    }
+}
+
+/// A failed command: one line for the user, already saying what to do.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(String);
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<ProfileError> for CliError {
+    fn from(e: ProfileError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let dir = profiles::choose(
+        cli.profile.as_deref(),
+        cli.profile_dir.as_deref(),
+        std::env::var_os("PARLEY_PROFILE"),
+        std::env::var_os("PARLEY_PROFILE_DIR"),
+        crate::profile::profiles_dir,
+    )?;
+    match &cli.command {
+        Command::Register { phone, code } => {
+            register::register(&cli, &dir, phone, code.as_deref()).await
+        }
+        Command::Whoami => profiles::whoami(&dir),
+        Command::Lookup { phones } => lookup::lookup(&cli, &dir, phones).await,
+        Command::Send {
+            user_id,
+            text,
+            wait,
+            timeout,
+        } => {
+            let options = send::SendOptions {
+                wait: *wait,
+                timeout: std::time::Duration::from_secs(*timeout),
+            };
+            send::send(&cli, &dir, user_id, text, options).await
+        }
+        Command::Listen {
+            read,
+            exit_on_empty,
+            timeout,
+        } => {
+            let options = listen::ListenOptions {
+                read: *read,
+                exit_on_empty: *exit_on_empty,
+                timeout: timeout.map(std::time::Duration::from_secs),
+            };
+            listen::listen(&cli, &dir, options).await
+        }
+        Command::Profile { action } => match action {
+            ProfileAction::Set => profiles::set(&cli, &dir),
+            ProfileAction::List => profiles::list(),
+        },
+    }
+}
+
+/// Endpoints and CA for one run: flags and environment first, then the
+/// profile (so a registered device keeps talking to its server), then the
+/// laptop defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoints {
+    pub http: String,
+    pub ws: String,
+    pub ca: PathBuf,
+}
+
+impl Endpoints {
+    pub fn resolve(cli: &Cli, profile: Option<&Profile>) -> Self {
+        Self {
+            http: cli
+                .http
+                .clone()
+                .or_else(|| profile.map(|p| p.http.clone()))
+                .unwrap_or_else(|| DEFAULT_HTTP.to_string()),
+            ws: cli
+                .ws
+                .clone()
+                .or_else(|| profile.map(|p| p.ws.clone()))
+                .unwrap_or_else(|| DEFAULT_WS.to_string()),
+            ca: cli
+                .ca
+                .clone()
+                .or_else(|| profile.map(|p| p.ca.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CA)),
+        }
+    }
+
+    pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        tls_config_from_file(&self.ca)
+    }
+}
+
+/// A loaded profile and what a run needs around it.
+pub(crate) struct Loaded {
+    pub profile: Profile,
+    pub endpoints: Endpoints,
+    pub explain: Explain,
+}
+
+impl Loaded {
+    pub fn new(cli: &Cli, dir: &ProfileDir) -> Result<Self, CliError> {
+        let profile = dir.load()?;
+        let endpoints = Endpoints::resolve(cli, Some(&profile));
+        let explain = Explain::new(dir, Some(&profile.phone), &endpoints, true);
+        Ok(Self {
+            profile,
+            endpoints,
+            explain,
+        })
+    }
+
+    pub async fn connect(&self) -> Result<crate::Session, CliError> {
+        let tls = self.endpoints.tls().map_err(|e| self.explain.client(e))?;
+        crate::Session::connect(&self.endpoints.ws, tls, &self.profile.token)
+            .await
+            .map_err(|e| self.explain.client(e))
+    }
+
+    pub fn registration(&self) -> Result<crate::Registration, CliError> {
+        let tls = self.endpoints.tls().map_err(|e| self.explain.client(e))?;
+        crate::Registration::new(&self.endpoints.http, tls).map_err(|e| self.explain.client(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_from_args([
+            "parley-cli",
+            "send",
+            "42",
+            "hello there",
+            "--wait",
+            "read",
+            "--timeout",
+            "5",
+            "--profile",
+            "bob",
+        ])
+        .expect("parses");
+        assert_eq!(cli.profile.as_deref(), Some("bob"));
+        assert!(matches!(
+            &cli.command,
+            Command::Send {
+                user_id,
+                wait: Some(WaitFor::Read),
+                timeout: 5,
+                ..
+            } if user_id == "42"
+        ));
+        assert!(Cli::try_from_args(["parley-cli", "lookup"]).is_err());
+        // A phone number where a user id belongs parses: `send` explains.
+        assert!(Cli::try_from_args(["parley-cli", "send", "+15550002222", "hi"]).is_ok());
+        assert!(
+            Cli::try_from_args([
+                "parley-cli",
+                "--profile",
+                "a",
+                "--profile-dir",
+                "/x",
+                "whoami"
+            ])
+            .is_err(),
+            "one profile per run"
+        );
+    }
+
+    #[test]
+    fn typed_flags_are_told_from_the_environment() {
+        let cli = Cli::try_from_args([
+            "parley-cli",
+            "--profile",
+            "bob",
+            "profile",
+            "set",
+            "--ca",
+            "/x/cert.pem",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.typed,
+            Typed {
+                http: false,
+                ws: false,
+                ca: true
+            }
+        );
+        assert_eq!(cli.ca.as_deref(), Some(std::path::Path::new("/x/cert.pem")));
+        assert!(matches!(
+            cli.command,
+            Command::Profile {
+                action: ProfileAction::Set
+            }
+        ));
+    }
+
+    #[test]
+    fn endpoints_prefer_flags_then_the_profile_then_defaults() {
+        let cli = Cli::try_from_args(["parley-cli", "--ws", "wss://flag/v1/ws", "whoami"])
+            .expect("parses");
+        let profile = Profile {
+            http: "https://profile".into(),
+            ws: "wss://profile/v1/ws".into(),
+            ca: PathBuf::from("/profile/cert.pem"),
+            phone: "+15550000001".into(),
+            user_id: 1,
+            device_id: 1,
+            token: "t".into(),
+            next_client_msg_id: 1,
+        };
+        // Environment variables may be set where the tests run; only the
+        // flag is certain.
+        let resolved = Endpoints::resolve(&cli, Some(&profile));
+        assert_eq!(resolved.ws, "wss://flag/v1/ws");
+        let bare = Cli {
+            http: None,
+            ws: None,
+            ca: None,
+            ..cli
+        };
+        assert_eq!(
+            Endpoints::resolve(&bare, Some(&profile)),
+            Endpoints {
+                http: "https://profile".into(),
+                ws: "wss://profile/v1/ws".into(),
+                ca: PathBuf::from("/profile/cert.pem"),
+            }
+        );
+        assert_eq!(
+            Endpoints::resolve(&bare, None),
+            Endpoints {
+                http: DEFAULT_HTTP.into(),
+                ws: DEFAULT_WS.into(),
+                ca: PathBuf::from(DEFAULT_CA),
+            }
+        );
+    }
+}
