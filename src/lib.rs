@@ -33,10 +33,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use parley_gateway::Gateway;
-use parley_registration::{
-    AccountStore, Authenticator, DeviceEvents, DeviceId, OutboxSms, RegistrationState, TokenKeys,
-    UserId,
-};
+use parley_identity::{Authenticator, CachedDirectory, DeviceId, TokenKeys, UserId};
+use parley_registration::{AccountStore, DeviceEvents, OutboxSms, RegistrationState};
 use parley_router::{Device, MemoryRouter, Router};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -96,6 +94,10 @@ fn bind_error(what: &str, addr: std::net::SocketAddr, flag: &str, err: &std::io:
 
 const LISTEN_BACKLOG: u32 = 8192;
 
+/// Users whose device lists the gateway keeps in memory (about 100 bytes
+/// each): the active users of a large node.
+const DIRECTORY_CACHE_USERS: usize = 1_000_000;
+
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -107,14 +109,18 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Closes the live session of a device that was replaced by a
-/// re-registration of its phone number.
+/// When registration changes a user's devices: the directory's cache
+/// forgets them, and the live session of a replaced device is closed.
 #[derive(Debug)]
-struct RevokeSessions<R>(R);
+struct DeviceChanges<R> {
+    router: R,
+    directory: CachedDirectory,
+}
 
-impl<R: Router> DeviceEvents for RevokeSessions<R> {
+impl<R: Router> DeviceEvents for DeviceChanges<R> {
     fn device_replaced(&self, user: UserId, old_device: DeviceId) {
-        let router = self.0.clone();
+        self.directory.invalidate(user);
+        let router = self.router.clone();
         // Called from a request handler that must not wait on sessions.
         tokio::spawn(async move {
             router
@@ -174,6 +180,8 @@ pub async fn run(
             router
         }
     };
+    // Who is who, cached for the message path; registration invalidates it.
+    let directory = CachedDirectory::new(Arc::new(store.clone()), DIRECTORY_CACHE_USERS);
     // Created now, so that the file a developer is told to watch exists
     // from the first start, before the first SMS.
     let outbox = data_dir.join("outbox.jsonl");
@@ -183,7 +191,10 @@ pub async fn run(
         store.clone(),
         keys.clone(),
         Arc::new(sms),
-        Arc::new(RevokeSessions(router.clone())),
+        Arc::new(DeviceChanges {
+            router: router.clone(),
+            directory: directory.clone(),
+        }),
         config.registration.clone(),
     );
     let registration_metrics = registration.metrics().clone();
@@ -196,7 +207,7 @@ pub async fn run(
     let gateway = Gateway::new(
         router.clone(),
         Authenticator::new(keys, store.clone()),
-        store,
+        directory,
         config.gateway.clone(),
         metrics.gateway.clone(),
     );

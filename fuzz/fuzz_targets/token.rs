@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use parley_registration::TokenKeys;
+use parley_identity::TokenKeys;
 
 fn keys() -> &'static TokenKeys {
     static KEYS: OnceLock<(tempfile::TempDir, TokenKeys)> = OnceLock::new();

@@ -8,7 +8,6 @@
 //! Modules:
 //! - `upgrade`: the HTTP upgrade request, authentication, 101 or an HTTP error.
 //! - `session`: the session loop (frames in, frames out, keepalive, closing).
-//! - `recipients`: which user ids are registered (cached).
 //! - [`metrics`]: what the gateway counts.
 //!
 //! Everything a peer controls is bounded or timed: connections (permits),
@@ -18,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
-mod recipients;
 mod session;
 mod upgrade;
 
@@ -27,8 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parley_identity::{Authenticator, CachedDirectory};
 use parley_proto::limits::MAX_FRAME_BYTES;
-use parley_registration::{AccountStore, Authenticator};
 use parley_router::ratelimit::Rate;
 use parley_router::{Device, Router};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,7 +48,6 @@ pub mod fuzzing {
     }
 }
 use metrics::Held;
-use recipients::Recipients;
 
 /// Settings of the gateway. Every value bounds something a peer controls.
 #[derive(Clone, Debug)]
@@ -79,8 +76,6 @@ pub struct GatewayConfig {
     pub write_buffer_bytes: usize,
     /// How long shutdown waits for sessions to close before giving up.
     pub shutdown_grace: Duration,
-    /// Registered user ids cached in memory (see `recipients`).
-    pub known_users_cache: usize,
     /// Frames one session may send (any kind, pings included): past it the
     /// session is closed with `RATE_LIMITED` (close 1008). Bounds the work a
     /// flood costs.
@@ -100,7 +95,6 @@ impl Default for GatewayConfig {
             read_buffer_bytes: 1024,
             write_buffer_bytes: 4 * 1024,
             shutdown_grace: Duration::from_secs(10),
-            known_users_cache: 1_000_000,
             frames: Rate::new(500.0, 100.0),
             messages: Rate::new(100.0, 20.0),
         }
@@ -125,7 +119,8 @@ impl GatewayConfig {
 struct Shared<R> {
     router: R,
     auth: Authenticator,
-    recipients: Recipients,
+    /// Who exists and which devices they have, cached for the message path.
+    directory: CachedDirectory,
     config: GatewayConfig,
     websocket: WebSocketConfig,
     metrics: GatewayMetrics,
@@ -141,17 +136,16 @@ impl<R: Router> Gateway<R> {
     pub fn new(
         router: R,
         auth: Authenticator,
-        store: AccountStore,
+        directory: CachedDirectory,
         config: GatewayConfig,
         metrics: GatewayMetrics,
     ) -> Self {
-        let recipients = Recipients::new(store, config.known_users_cache);
         let websocket = config.websocket();
         Self {
             shared: Arc::new(Shared {
                 router,
                 auth,
-                recipients,
+                directory,
                 config,
                 websocket,
                 metrics,

@@ -331,7 +331,12 @@ async fn on_frame<'a, R: Router>(
             // A read receipt for someone who is not registered would create
             // a mailbox nobody reads; it is dropped (there is no reply frame
             // for a receipt).
-            match shared.recipients.is_registered(read.to_user).await {
+            match shared
+                .directory
+                .devices_of(read.to_user)
+                .await
+                .map(|d| !d.is_empty())
+            {
                 Ok(true) => shared
                     .router
                     .mark_read(device, read.to_user, read.message_ids)
@@ -392,7 +397,12 @@ async fn on_send<'a, R: Router>(
             millis(wait),
         ));
     }
-    match shared.recipients.is_registered(send.to_user).await {
+    match shared
+        .directory
+        .devices_of(send.to_user)
+        .await
+        .map(|d| !d.is_empty())
+    {
         Ok(true) => {}
         Ok(false) => return now(refuse(ErrorCode::UnknownRecipient, "no such user")),
         Err(err) => {

@@ -8,8 +8,8 @@
 //! finish before the upgrade is answered: a bad, expired or revoked token
 //! gets `401` and never a WebSocket.
 
+use parley_identity::{AuthError, Authenticator, DeviceClaims};
 use parley_proto::limits::WS_PATH;
-use parley_registration::{AuthError, Authenticator, DeviceClaims};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -149,10 +149,10 @@ where
         Err(err) => {
             let refusal = match err {
                 AuthError::Expired => Refusal::ExpiredToken,
-                AuthError::Revoked | AuthError::UnknownUser => Refusal::RevokedToken,
+                AuthError::Revoked => Refusal::RevokedToken,
                 AuthError::Invalid(_) => Refusal::InvalidToken,
-                AuthError::Store(err) => {
-                    tracing::warn!(error = %err, "account store failed during upgrade");
+                AuthError::Directory(err) => {
+                    tracing::warn!(error = %err, "cannot check a credential during upgrade");
                     Refusal::Unavailable
                 }
             };
@@ -240,11 +240,7 @@ pub(crate) fn parse(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
         .ok_or(Refusal::NotUpgrade)?
         .to_owned();
     let token = header("authorization")
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty())
+        .and_then(parley_identity::bearer_token)
         .ok_or(Refusal::MissingToken)?
         .to_owned();
     Ok(UpgradeRequest { key, token })

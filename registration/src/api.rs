@@ -36,16 +36,15 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
-use crate::auth::Authenticator;
 use crate::code;
 use crate::error::{AppError, Internal};
 use crate::events::DeviceEvents;
-use crate::extract::{BearerDevice, JsonBody};
+use crate::extract::JsonBody;
 use crate::phone::is_e164;
 use crate::ratelimit::{IpRateLimiter, UserRateLimiter};
 use crate::sms::{SmsError, SmsSender};
 use crate::store::{self, AccountStore, CodeCheck, CodePolicy, CodeRequest};
-use crate::token::TokenKeys;
+use parley_identity::{Authenticator, BearerDevice, TokenKeys};
 
 /// Every route and the statuses it answers with (docs/protocol.md), so the
 /// server can show every `(route, status)` series from the start.

@@ -15,13 +15,11 @@
 //! | `WRONG_CODE` | 401 | wrong code; `attempts_left` guesses remain |
 //! | `NO_PENDING_CODE` | 404 | no code requested, already used, or killed by wrong guesses |
 //! | `CODE_EXPIRED` | 410 | the code's time ran out; request a new one |
-//! | `UNAUTHORIZED` | 401 | no `Authorization: Bearer` credential |
-//! | `TOKEN_INVALID` | 401 | a credential that is malformed or not signed by this deployment |
-//! | `TOKEN_EXPIRED` | 401 | a credential past its lifetime |
-//! | `TOKEN_REVOKED` | 401 | a credential of a device replaced by re-registration (or unknown) |
 //!
-//! The four credential codes are the gateway's upgrade refusals too: one
-//! vocabulary on both endpoints.
+//! Credential refusals (`401 UNAUTHORIZED`, `TOKEN_INVALID`,
+//! `TOKEN_EXPIRED`, `TOKEN_REVOKED`) come from
+//! `parley_identity::BearerDevice` in the same shape: the vocabulary of the
+//! gateway's upgrade too.
 //! | `SMS_FAILED` | 502 | the SMS could not be sent; it did not count against the limits |
 //! | `UNAVAILABLE` | 503 | the server is at its concurrency limit or the request timed out |
 //! | `INTERNAL` | 500 | anything else; details are logged, never returned |
@@ -35,7 +33,7 @@ use serde::Serialize;
 
 use crate::sms::SmsError;
 use crate::store::StoreError;
-use crate::token::TokenError;
+use parley_identity::TokenError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -54,14 +52,6 @@ pub enum AppError {
     NoPendingCode,
     #[error("the code has expired; request a new one")]
     CodeExpired,
-    #[error("no credential: send Authorization: Bearer <token>")]
-    Unauthorized,
-    #[error("the credential is not valid (malformed, or not signed by this server)")]
-    TokenInvalid,
-    #[error("the credential has expired; register again")]
-    TokenExpired,
-    #[error("the credential was revoked: this number was registered again; register again")]
-    TokenRevoked,
     #[error("the SMS could not be sent")]
     SmsFailed(#[source] SmsError),
     #[error("server busy, retry later")]
@@ -103,10 +93,6 @@ impl AppError {
             Self::WrongCode { .. } => "WRONG_CODE",
             Self::NoPendingCode => "NO_PENDING_CODE",
             Self::CodeExpired => "CODE_EXPIRED",
-            Self::Unauthorized => "UNAUTHORIZED",
-            Self::TokenInvalid => "TOKEN_INVALID",
-            Self::TokenExpired => "TOKEN_EXPIRED",
-            Self::TokenRevoked => "TOKEN_REVOKED",
             Self::SmsFailed(_) => "SMS_FAILED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -118,11 +104,7 @@ impl AppError {
             Self::InvalidPhone | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::WrongCode { .. }
-            | Self::Unauthorized
-            | Self::TokenInvalid
-            | Self::TokenExpired
-            | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
+            Self::WrongCode { .. } => StatusCode::UNAUTHORIZED,
             Self::NoPendingCode => StatusCode::NOT_FOUND,
             Self::CodeExpired => StatusCode::GONE,
             Self::SmsFailed(_) => StatusCode::BAD_GATEWAY,
@@ -185,12 +167,6 @@ impl IntoResponse for AppError {
         let headers = response.headers_mut();
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if matches!(
-            self,
-            Self::Unauthorized | Self::TokenInvalid | Self::TokenExpired | Self::TokenRevoked
-        ) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

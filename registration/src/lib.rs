@@ -9,11 +9,10 @@
 //! Modules:
 //! - [`api`]: the HTTP routes ([`router`]), their configuration and shared state.
 //! - [`error`]: the one error type of the HTTP API and its documented codes.
-//! - [`extract`]: request extractors (JSON body, bearer credential) that reject
-//!   in the documented error shape.
+//! - [`extract`]: the JSON body extractor that rejects in the documented
+//!   error shape (the credential's is `parley_identity::BearerDevice`).
 //! - [`store`]: accounts, pending codes and code-request history in SQL.
-//! - [`token`]: the signing key and the device credential (JWT) format.
-//! - [`auth`]: checks a credential against the store (used by the gateway too).
+//! - [`directory`]: the store as the process's [`parley_identity::Directory`].
 //! - [`code`]: generating, hashing and comparing the SMS codes.
 //! - [`phone`]: E.164 phone number validation.
 //! - [`sms`]: the SMS sender trait and the development outbox.
@@ -22,8 +21,8 @@
 //! - [`metrics`]: what registration counts.
 
 pub mod api;
-pub mod auth;
 pub mod code;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -32,20 +31,14 @@ pub mod phone;
 pub mod ratelimit;
 pub mod sms;
 pub mod store;
-pub mod token;
 
-/// A user (one phone number). Random in `1..=i64::MAX` so it fits a signed
-/// BIGINT in every SQL backend and reveals nothing about sign-up order.
-pub type UserId = u64;
-
-/// A user's device. Random in `1..=i64::MAX`, new on every (re-)registration,
-/// so a replaced device can never be confused with its successor.
-pub type DeviceId = u64;
+pub use parley_identity::{DeviceId, UserId};
 
 pub use api::{ClientIp, RegistrationConfig, RegistrationState, router};
-pub use auth::{AuthError, Authenticator};
 pub use events::{DeviceEvents, IgnoreDeviceEvents};
 pub use metrics::RegistrationMetrics;
+pub use parley_identity::{
+    AuthError, Authenticator, DeviceClaims, KeyError, TokenError, TokenKeys,
+};
 pub use sms::{OutboxSms, SmsError, SmsSender};
 pub use store::{AccountStore, DeviceRecord, StoreError};
-pub use token::{DeviceClaims, KeyError, TokenError, TokenKeys};

@@ -338,7 +338,7 @@ async fn unknown_user_is_refused(backend: Backend) {
         .expect("issue");
     assert!(matches!(
         app.state.authenticator().authenticate(&token).await,
-        Err(AuthError::UnknownUser)
+        Err(AuthError::Revoked)
     ));
     assert!(matches!(
         app.state.authenticator().authenticate("garbage").await,

@@ -40,17 +40,7 @@ pub use journal::{JournalConfig, JournalError};
 pub use memory::{Census, MemoryConfig, MemoryRouter, Restored};
 pub use metrics::RouterMetrics;
 
-/// An opaque user id (see `parley-registration`).
-pub type UserId = u64;
-/// A device id; a new one is issued at every registration of a phone number.
-pub type DeviceId = u64;
-
-/// The authenticated device behind a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Device {
-    pub user: UserId,
-    pub device: DeviceId,
-}
+pub use parley_identity::{Device, DeviceId, UserId};
 
 /// Identifies one session of a device, so that a late detach from a session
 /// that was already displaced cannot detach its successor.

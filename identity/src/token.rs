@@ -17,7 +17,7 @@ use rand::Rng;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-use crate::{DeviceId, UserId};
+use crate::ids::{DeviceId, UserId};
 
 /// The signing key's file name inside the key directory.
 pub const KEY_FILE: &str = "jwt-ed25519.pem";
