@@ -498,11 +498,20 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
             count_out(metrics, &bytes);
             ws.send(Message::Binary(bytes.into())).await?;
         }
-        let close_frame = code.map(|(code, reason)| CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        });
-        ws.close(close_frame).await?;
+        match code {
+            Some((code, reason)) => {
+                let close_frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                ws.close(Some(close_frame)).await?;
+            }
+            // The phone closed first, and tungstenite queued the answering
+            // close frame (RFC 6455, 5.5.1). Only a flush sends it: a
+            // `close` after the phone's is refused as a send after closing,
+            // and the phone would see the connection end without an answer.
+            None => ws.flush().await?,
+        }
         // Read until the phone answers the close (or gives up).
         while let Some(Ok(_)) = ws.next().await {}
         Ok::<_, WsError>(())
