@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, next, quiet, until};
+use common::{TestServer, next, until};
 use parley_client::ClientError;
 use parley_proto::close;
 use parley_proto::v1::{CloseReason, ErrorCode, ReceiptKind, server_frame::Frame};
@@ -166,7 +166,17 @@ async fn a_resent_client_msg_id_is_acked_again_but_never_delivered_twice() {
     let mut b = server.connect(&bob).await;
     let backlog = until(&mut b, is_empty_marker).await;
     assert_eq!(backlog.len(), 1, "one copy only: {backlog:?}");
-    quiet(&mut b).await;
+    // A barrier instead of a wait for silence: Alice's next message is
+    // queued behind anything the resend could have queued, so it must be
+    // the very next thing Bob gets.
+    a.send(43, bob.user_id, "after the resend")
+        .await
+        .expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    match next(&mut b).await {
+        Frame::Deliver(d) => assert_eq!(d.body.as_ref(), b"after the resend", "no second copy"),
+        other => panic!("expected the next message, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -427,7 +437,16 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
         Frame::Ack(ack) => assert_eq!(ack.message_id, acked[1], "the original ack"),
         other => panic!("expected the original ack, got {other:?}"),
     }
-    quiet(&mut b).await;
+    // Nothing new for Bob from the resend: Alice's next message, queued
+    // behind anything the resend could have queued, is the next he gets.
+    a.send(3, bob.user_id, "after the resend")
+        .await
+        .expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    match next(&mut b).await {
+        Frame::Deliver(d) => assert_eq!(d.body.as_ref(), b"after the resend", "no second copy"),
+        other => panic!("expected the next message, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -480,4 +499,40 @@ async fn pipelined_sends_are_answered_and_delivered_in_order() {
         .map(|id| format!("burst {id}"))
         .collect();
     assert_eq!(bodies, expected, "delivered in send order");
+}
+
+#[tokio::test]
+async fn a_phone_that_closes_gets_the_servers_close_in_answer() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = TestServer::start();
+    let alice = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, is_empty_marker).await;
+    // The phone starts the close handshake; the server must finish it with
+    // a close frame of its own (echoing 1000), not just drop the connection.
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    a.send_raw(Message::Close(Some(close)))
+        .await
+        .expect("close sent");
+    match a.next_frame_timeout(common::PROMPTLY).await {
+        Err(ClientError::Closed { code, .. }) => assert_eq!(code, 1000, "normal closure"),
+        other => panic!("expected the server's close 1000, got {other:?}"),
+    }
+    server
+        .wait_for_metrics(
+            &[
+                (
+                    "parley_gateway_sessions_closed_total{reason=\"client_closed\"}",
+                    1.0,
+                ),
+                ("parley_gateway_sessions_open", 0.0),
+            ],
+            common::PROMPTLY,
+        )
+        .await;
 }
