@@ -158,7 +158,14 @@ async fn slow_handshakes_are_cut_off() {
 }
 
 async fn expect_refused(server: &TestServer, token: &str, why: &str) {
-    match Session::connect(&server.ws_url(), server.tls.clone(), token).await {
+    match Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        token,
+        common::patient(),
+    )
+    .await
+    {
         Err(ClientError::Rejected { status }) => assert_eq!(status, 401, "{why}"),
         Ok(_) => panic!("{why}: the forged token connected"),
         Err(other) => panic!("{why}: expected 401, got {other:?}"),
@@ -184,7 +191,13 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
     // A sanity check that the forging works: the real claims re-signed with
     // the real key connect.
     let resigned = jwt(&eddsa, &claims, |m| server_key.sign(m).as_ref().to_vec());
-    let session = Session::connect(&server.ws_url(), server.tls.clone(), &resigned).await;
+    let session = Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        &resigned,
+        common::patient(),
+    )
+    .await;
     assert!(session.is_ok(), "re-signed genuine claims should pass");
 
     let mut expired = claims.clone();
@@ -281,7 +294,7 @@ async fn a_silent_session_is_closed_at_the_idle_timeout_and_a_pinging_one_is_not
     let silent_phone = server.register().await;
     let options = parley_client::ConnectOptions {
         keepalive: None,
-        ..parley_client::ConnectOptions::default()
+        ..common::patient()
     };
     let opened = tokio::time::Instant::now();
     let mut silent = Session::connect_with(

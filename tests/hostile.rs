@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Bystanders, LONGER_THAN_ANY_TEST, PROMPTLY, TestServer, claims_of, eventually,
+    Bystanders, LONGER_THAN_ANY_TEST, PROMPTLY, TestServer, claims_of, close_cleanly, eventually,
     expect_error_then_close, fresh_session, is_empty_marker, jwt, next, unix_now, until,
 };
 use parley_client::{ClientError, Session};
@@ -61,9 +61,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The value of one sample line (`name{labels} value`) in a scrape; 0 when
@@ -492,24 +490,6 @@ async fn an_upgrade_flood_gets_its_answers_and_the_bystanders_keep_talking() {
     bystanders.finish().await;
 }
 
-/// Closes `session` with code 1000 and waits for the server's answering
-/// close, as `Session::close` does, but as patiently as the test waits for
-/// anything ([`PROMPTLY`]): hundreds of sessions close at once here.
-async fn close_cleanly(mut session: Session) -> Result<(), String> {
-    let close = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    session
-        .send_raw(Message::Close(Some(close)))
-        .await
-        .map_err(|e| format!("the close could not be sent: {e}"))?;
-    match session.next_frame_timeout(PROMPTLY).await {
-        Err(ClientError::Closed { code: 1000, .. }) => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
-}
-
 /// How a slowloris connection stalls its handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slow {
@@ -810,11 +790,7 @@ async fn frame_floods_from_many_sessions_close_only_the_flooders() {
         let (ws_url, tls) = (server.ws_url(), server.tls.clone());
         let (stop, flooding) = (stop.clone(), flooding.clone());
         flooders.push(tokio::spawn(async move {
-            let options = parley_client::ConnectOptions {
-                connect_timeout: PROMPTLY,
-                write_timeout: PROMPTLY,
-                ..parley_client::ConnectOptions::default()
-            };
+            let options = common::patient();
             let mut floods = 0u64;
             loop {
                 let mut session = Session::connect_with(&ws_url, tls.clone(), &token, options)

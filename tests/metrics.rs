@@ -39,9 +39,14 @@ async fn metrics_count_real_traffic_and_readiness_follows_the_lifecycle() {
         .expect("ack two of three");
     // A forged token is a counted login failure.
     assert!(
-        parley_client::Session::connect(&server.ws_url(), server.tls.clone(), "x.y.z")
-            .await
-            .is_err()
+        parley_client::Session::connect_with(
+            &server.ws_url(),
+            server.tls.clone(),
+            "x.y.z",
+            common::patient()
+        )
+        .await
+        .is_err()
     );
     // The census (queue depth) and the rates are computed once a second:
     // wait for the scrape to show everything, rather than sleep and hope a

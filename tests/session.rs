@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, next, until};
+use common::{TestServer, close_cleanly, next, until};
 use parley_client::ClientError;
 use parley_proto::close;
 use parley_proto::v1::{CloseReason, ErrorCode, ReceiptKind, server_frame::Frame};
@@ -91,8 +91,8 @@ async fn offline_messages_are_delivered_in_order_with_every_checkmark() {
     }
 
     // Everything was acknowledged: a new session of either finds nothing.
-    a.close().await.expect("close");
-    b.close().await.expect("close");
+    close_cleanly(a).await.expect("close");
+    close_cleanly(b).await.expect("close");
     let mut a = server.connect(&alice).await;
     assert!(until(&mut a, is_empty_marker).await.is_empty());
     let mut b = server.connect(&bob).await;
@@ -112,7 +112,7 @@ async fn receipts_for_an_offline_sender_wait_for_it() {
     let Frame::Ack(ack) = next(&mut a).await else {
         panic!("expected an ack")
     };
-    a.close().await.expect("close");
+    close_cleanly(a).await.expect("close");
 
     let mut b = server.connect(&bob).await;
     let Frame::Deliver(d) = next(&mut b).await else {
@@ -273,7 +273,14 @@ async fn re_registration_revokes_the_old_credential_and_session() {
         Err(ClientError::Closed { code, .. }) => assert_eq!(code, close::REVOKED),
         other => panic!("expected close 4002, got {other:?}"),
     }
-    match parley_client::Session::connect(&server.ws_url(), server.tls.clone(), &old.token).await {
+    match parley_client::Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        &old.token,
+        common::patient(),
+    )
+    .await
+    {
         Err(ClientError::Rejected { status }) => assert_eq!(status, 401),
         Ok(_) => panic!("the old token still connects"),
         Err(other) => panic!("expected 401, got {other:?}"),
@@ -380,7 +387,7 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
             other => panic!("expected an ack, got {other:?}"),
         }
     }
-    a.close().await.expect("alice goes offline");
+    close_cleanly(a).await.expect("alice goes offline");
 
     // Bob stores the first message only; its DELIVERED receipt waits for
     // Alice, the second message waits for Bob's next session.
@@ -395,7 +402,7 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
         .collect();
     assert_eq!(delivered, acked);
     b.ack_delivery(vec![acked[0]]).await.expect("ack");
-    b.close().await.expect("bob goes offline");
+    close_cleanly(b).await.expect("bob goes offline");
 
     let status = tokio::task::block_in_place(|| server.stop_gracefully());
     assert!(status.success(), "exit status {status}");

@@ -261,10 +261,18 @@ impl TestServer {
         self.register_phone(&phone).await
     }
 
+    /// A session for `credential`, with connect and write timeouts as
+    /// patient as the tests ([`PROMPTLY`]) rather than a phone's defaults,
+    /// which a loaded machine can exceed.
     pub async fn connect(&self, credential: &Credential) -> Session {
-        Session::connect(&self.ws_url(), self.tls.clone(), &credential.token)
-            .await
-            .expect("session connects")
+        Session::connect_with(
+            &self.ws_url(),
+            self.tls.clone(),
+            &credential.token,
+            patient(),
+        )
+        .await
+        .expect("session connects")
     }
 
     /// A plain-HTTP GET on the admin listener: (status line, body).
@@ -345,6 +353,38 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connect options for tests: the client's defaults, with connect and write
+/// timeouts of [`PROMPTLY`].
+pub fn patient() -> parley_client::ConnectOptions {
+    parley_client::ConnectOptions {
+        connect_timeout: PROMPTLY,
+        write_timeout: PROMPTLY,
+        ..parley_client::ConnectOptions::default()
+    }
+}
+
+/// Closes `session` with code 1000 and checks that the server answers with
+/// its own close (1000), as patiently as the tests wait for anything.
+/// (`Session::close` is a phone's close: it gives up after 5 s, and takes
+/// any end of the connection for the answer.)
+pub async fn close_cleanly(mut session: Session) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    session
+        .send_raw(Message::Close(Some(close)))
+        .await
+        .map_err(|e| format!("the close could not be sent: {e}"))?;
+    match session.next_frame_timeout(PROMPTLY).await {
+        Err(ClientError::Closed { code: 1000, .. }) => Ok(()),
+        other => Err(format!("expected the server's close 1000, got {other:?}")),
     }
 }
 
