@@ -231,23 +231,46 @@ impl Hostile {
     }
 }
 
-/// Runs one flood connection to its answer. A valid one returns its session
+/// How long a flood connection that got `503 UNAVAILABLE` waits before it
+/// tries again, as docs/protocol.md tells an app to (retry with backoff).
+/// The gateway answers so when it cannot check a credential in time (its
+/// account store's queue is full): on a loaded machine the flood can fill
+/// it. That is the documented answer to overload, not the one under test,
+/// so a connection retries until it gets its own.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Runs one flood connection to its answer, trying again after a `503
+/// UNAVAILABLE` (counted in `unavailable`). A valid one returns its session
 /// (open, its empty backlog delivered).
 async fn hostile_connection(
     gateway: SocketAddr,
     ws_url: &str,
     tls: Arc<rustls::ClientConfig>,
     what: Hostile,
+    unavailable: &std::sync::atomic::AtomicU64,
 ) -> Option<Session> {
+    let deadline = Instant::now() + FLOOD_HANDSHAKE_TIMEOUT;
+    let retry = |why: &dyn std::fmt::Debug| {
+        assert!(
+            Instant::now() < deadline,
+            "still 503 UNAVAILABLE after {FLOOD_HANDSHAKE_TIMEOUT:?}: {why:?}"
+        );
+        unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(UNAVAILABLE_BACKOFF)
+    };
     match what {
         Hostile::Valid(token) => {
             let options = parley_client::ConnectOptions {
                 connect_timeout: FLOOD_HANDSHAKE_TIMEOUT,
-                ..parley_client::ConnectOptions::default()
+                ..common::patient()
             };
-            let mut session = Session::connect_with(ws_url, tls, &token, options)
-                .await
-                .unwrap_or_else(|e| panic!("a valid credential was refused in the flood: {e}"));
+            let mut session = loop {
+                match Session::connect_with(ws_url, tls.clone(), &token, options).await {
+                    Ok(session) => break session,
+                    Err(ClientError::Rejected { status: 503 }) => retry(&"a valid login").await,
+                    Err(e) => panic!("a valid credential was refused in the flood: {e}"),
+                }
+            };
             match session.next_frame_timeout(FLOOD_HANDSHAKE_TIMEOUT).await {
                 Ok(frame) if matches!(frame.frame, Some(Frame::QueueEmpty(_))) => {}
                 other => panic!("a flood session got {other:?} instead of QueueEmpty"),
@@ -255,8 +278,18 @@ async fn hostile_connection(
             Some(session)
         }
         Hostile::Token(token, code) => {
-            let answer =
-                refused_upgrade(gateway, tls, upgrade_head(&bearer(&token)).as_bytes()).await;
+            let answer = loop {
+                let answer = refused_upgrade(
+                    gateway,
+                    tls.clone(),
+                    upgrade_head(&bearer(&token)).as_bytes(),
+                )
+                .await;
+                if (answer.status, answer.code.as_deref()) != (503, Some("UNAVAILABLE")) {
+                    break answer;
+                }
+                retry(&answer).await;
+            };
             assert_eq!(
                 (answer.status, answer.code.as_deref()),
                 (401, Some(code)),
@@ -384,6 +417,8 @@ async fn an_upgrade_flood_gets_its_answers_and_the_bystanders_keep_talking() {
     // The flood's sessions are held open until this says to end them.
     let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
     let (gateway, ws_url, tls) = (server.gateway, server.ws_url(), server.tls.clone());
+    let unavailable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let retried = unavailable.clone();
     let flood_thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -395,10 +430,10 @@ async fn an_upgrade_flood_gets_its_answers_and_the_bystanders_keep_talking() {
             let tasks: Vec<_> = flood
                 .into_iter()
                 .map(|what| {
-                    let (ws_url, tls) = (ws_url.clone(), tls.clone());
-                    tokio::spawn(
-                        async move { hostile_connection(gateway, &ws_url, tls, what).await },
-                    )
+                    let (ws_url, tls, retried) = (ws_url.clone(), tls.clone(), retried.clone());
+                    tokio::spawn(async move {
+                        hostile_connection(gateway, &ws_url, tls, what, &retried).await
+                    })
                 })
                 .collect();
             let mut sessions = Vec::new();
@@ -438,8 +473,10 @@ async fn an_upgrade_flood_gets_its_answers_and_the_bystanders_keep_talking() {
         .expect("the flood failed: see the panic above");
     let rounds_during = bystanders.rounds() - rounds_before;
     eprintln!(
-        "upgrade flood: {} connections answered in {took:?}; bystander rounds meanwhile: {rounds_during}",
-        failures.values().sum::<usize>() + valid
+        "upgrade flood: {} connections answered in {took:?} ({} answers of 503 UNAVAILABLE \
+         retried); bystander rounds meanwhile: {rounds_during}",
+        failures.values().sum::<usize>() + valid,
+        unavailable.load(std::sync::atomic::Ordering::Relaxed)
     );
 
     // At the peak: every valid login is a session, every refused one is gone,
@@ -793,9 +830,17 @@ async fn frame_floods_from_many_sessions_close_only_the_flooders() {
             let options = common::patient();
             let mut floods = 0u64;
             loop {
-                let mut session = Session::connect_with(&ws_url, tls.clone(), &token, options)
-                    .await
-                    .expect("a flooder connects");
+                let deadline = Instant::now() + PROMPTLY;
+                let mut session = loop {
+                    match Session::connect_with(&ws_url, tls.clone(), &token, options).await {
+                        Ok(session) => break session,
+                        // Overload's documented answer: retry with backoff.
+                        Err(ClientError::Rejected { status: 503 }) if Instant::now() < deadline => {
+                            tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                        }
+                        Err(e) => panic!("a flooder could not connect: {e}"),
+                    }
+                };
                 until(&mut session, is_empty_marker).await;
                 if floods == 0 {
                     flooding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
