@@ -55,7 +55,7 @@ use common::{
 use parley_client::{ClientError, Session};
 use parley_proto::close;
 use parley_proto::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES};
-use parley_proto::v1::{ClientFrame, ErrorCode, client_frame, server_frame::Frame};
+use parley_proto::v1::{ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame::Frame};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -795,9 +795,13 @@ enum Flood {
     Acks,
 }
 
-/// The most frames one flood sends: far past the burst plus what refills
-/// while they go out. A flooder stops at the server's `Error`, so it sends
-/// only a little more than the burst.
+/// The frames of one flood: ten times the burst. They go out in one write,
+/// so the server finds them all waiting and reads far past the burst before
+/// anything can refill, however slow the machine: a per-session rate is
+/// measured as the server reads, and a flood that reached the server one
+/// frame at a time would be read no faster than a loaded machine writes it.
+/// Small enough (under 40 KiB) for the socket buffers to take at once and
+/// for the server to read all of it after its `Error`.
 const FLOOD_FRAMES: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -824,28 +828,16 @@ async fn frame_floods_from_many_sessions_close_only_the_flooders() {
         } else {
             Flood::Acks
         };
-        let (ws_url, tls) = (server.ws_url(), server.tls.clone());
+        let (gateway, ws_url, tls) = (server.gateway, server.ws_url(), server.tls.clone());
         let (stop, flooding) = (stop.clone(), flooding.clone());
         flooders.push(tokio::spawn(async move {
-            let options = common::patient();
             let mut floods = 0u64;
             loop {
-                let deadline = Instant::now() + PROMPTLY;
-                let mut session = loop {
-                    match Session::connect_with(&ws_url, tls.clone(), &token, options).await {
-                        Ok(session) => break session,
-                        // Overload's documented answer: retry with backoff.
-                        Err(ClientError::Rejected { status: 503 }) if Instant::now() < deadline => {
-                            tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
-                        }
-                        Err(e) => panic!("a flooder could not connect: {e}"),
-                    }
-                };
-                until(&mut session, is_empty_marker).await;
+                let mut ws = raw_session(gateway, &ws_url, tls.clone(), &token).await;
                 if floods == 0 {
                     flooding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                flood(&mut session, how).await;
+                flood(&mut ws, how).await;
                 floods += 1;
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     return floods;
@@ -900,17 +892,87 @@ async fn frame_floods_from_many_sessions_close_only_the_flooders() {
     bystanders.finish().await;
 }
 
-/// One flood, sent as a phone app with a read loop would send it: after
-/// each frame it looks at what has arrived (a wait of zero; `next_frame` is
-/// cancel-safe, so nothing is lost). Whenever it reads after the server's
-/// limit, it must find `Error{RATE_LIMITED}` and then close 1008; it stops
-/// writing there.
-///
-/// It must not write on and on without reading: the server reads and
-/// discards what a closing peer still sends for a bounded time only
-/// (`finish` in gateway/src/session.rs), so a peer that writes past it gets
-/// a reset on its writes, as it should.
-async fn flood(session: &mut Session, how: Flood) {
+/// A WebSocket session for `token` with tungstenite itself rather than the
+/// client library, which flushes every frame on its own: a flooder writes
+/// its whole flood at once. Returns once the (empty) backlog is delivered;
+/// retries `503 UNAVAILABLE` as a phone is told to.
+async fn raw_session(
+    gateway: SocketAddr,
+    ws_url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+    let deadline = Instant::now() + PROMPTLY;
+    let mut ws = loop {
+        let mut request = ws_url.into_client_request().expect("a request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        let tcp = tls_connect(gateway, tls.clone());
+        let upgrade = async {
+            let stream = tcp.await.expect("TLS to the gateway");
+            tokio_tungstenite::client_async(request, stream).await
+        };
+        match tokio::time::timeout(PROMPTLY, upgrade).await {
+            Ok(Ok((ws, _))) => break ws,
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response)))
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+            }
+            Ok(Err(e)) => panic!("a flooder could not connect: {e}"),
+            Err(_) => panic!("a flooder's upgrade took over {PROMPTLY:?}"),
+        }
+    };
+    match next_raw(&mut ws).await {
+        Some(Frame::QueueEmpty(_)) => ws,
+        other => panic!("a flooder got {other:?} instead of QueueEmpty"),
+    }
+}
+
+/// The next Parley frame on a raw session (pongs skipped), or `None` at
+/// its close frame, which must come within [`PROMPTLY`]. Panics on
+/// anything else.
+async fn next_raw<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Option<Frame> {
+    use futures_util::StreamExt as _;
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, ws.next())
+            .await
+            .expect("a frame or the close arrives");
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                let frame = ServerFrame::decode(bytes).expect("a ServerFrame");
+                return Some(frame.frame.expect("frame set"));
+            }
+            Some(Ok(Message::Pong(_) | Message::Ping(_))) => {}
+            Some(Ok(Message::Close(close))) => {
+                let code = close.map(|c| u16::from(c.code));
+                assert_eq!(code, Some(close::POLICY_VIOLATION), "the close code");
+                return None;
+            }
+            other => panic!("a flooder got {other:?}"),
+        }
+    }
+}
+
+/// One flood: [`FLOOD_FRAMES`] frames written at once, as fast as the
+/// socket takes them, and only then a read, which must find
+/// `Error{RATE_LIMITED}` and then close 1008 (the server's pongs to the
+/// first pings may come before). The server reads and discards what a
+/// closing peer still sends within a bound (`finish` in
+/// gateway/src/session.rs); the whole flood is within it, so the flooder's
+/// writes all succeed and its read finds the answer.
+async fn flood<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    how: Flood,
+) {
+    use futures_util::SinkExt as _;
     let ack = ClientFrame {
         frame: Some(client_frame::Frame::DeliveryAck(
             parley_proto::v1::DeliveryAck {
@@ -919,34 +981,22 @@ async fn flood(session: &mut Session, how: Flood) {
         )),
     }
     .encode_to_vec();
-    for sent in 1..=FLOOD_FRAMES {
-        match how {
-            Flood::Pings => session.ping().await,
-            Flood::Acks => session.send_raw(Message::Binary(ack.clone().into())).await,
-        }
-        .unwrap_or_else(|e| panic!("flood frame {sent} was not written: {e}"));
-        match session.next_frame_timeout(Duration::ZERO).await {
-            Err(ClientError::Timeout) => {}
-            Ok(frame) => {
-                match frame.frame {
-                    Some(Frame::Error(e)) => {
-                        assert_eq!(e.code(), ErrorCode::RateLimited, "{e:?}");
-                    }
-                    other => panic!("a flooder got {other:?} instead of Error RATE_LIMITED"),
-                }
-                match session.next_frame_timeout(PROMPTLY).await {
-                    Err(ClientError::Closed { code, .. }) => {
-                        assert_eq!(code, close::POLICY_VIOLATION);
-                    }
-                    other => panic!("expected close 1008 after the Error, got {other:?}"),
-                }
-                return;
-            }
-            Err(other) => panic!("a flooder's session ended without its Error: {other:?}"),
-        }
+    for _ in 0..FLOOD_FRAMES {
+        let frame = match how {
+            Flood::Pings => Message::Ping(bytes::Bytes::new()),
+            Flood::Acks => Message::Binary(ack.clone().into()),
+        };
+        ws.feed(frame).await.expect("the flood is buffered");
     }
-    // All written before the Error arrived: it must be there to read.
-    expect_error_then_close(session, ErrorCode::RateLimited, close::POLICY_VIOLATION).await;
+    tokio::time::timeout(PROMPTLY, ws.flush())
+        .await
+        .expect("the flood is written within PROMPTLY")
+        .expect("the flood is written");
+    match next_raw(ws).await {
+        Some(Frame::Error(e)) => assert_eq!(e.code(), ErrorCode::RateLimited, "{e:?}"),
+        other => panic!("a flooder got {other:?} instead of Error RATE_LIMITED"),
+    }
+    assert!(next_raw(ws).await.is_none(), "the close follows the Error");
 }
 
 /// `frame` encoded, asserting it is exactly `size` bytes (the arithmetic
