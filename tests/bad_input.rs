@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Bystanders, PROMPTLY, TestServer, claims_of, expect_error_then_close, fresh_session,
-    is_empty_marker, jwt, next, unix_now, until,
+    Bystanders, LONGER_THAN_ANY_TEST, PROMPTLY, TestServer, claims_of, expect_error_then_close,
+    fresh_session, is_empty_marker, jwt, next, unix_now, until,
 };
 use parley_client::{ClientError, Session};
 use parley_proto::close;
@@ -98,7 +98,9 @@ async fn raw_exchange(server: &TestServer, bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn garbage_and_plain_http_on_the_tls_port_are_dropped() {
-    let server = TestServer::start();
+    // A handshake timeout no test outlasts: a garbage connection that is
+    // closed within PROMPTLY was dropped for its garbage, not timed out.
+    let server = TestServer::start_with(&["--handshake-timeout", LONGER_THAN_ANY_TEST]);
     let bystanders = Bystanders::start(&server).await;
 
     let answer = raw_exchange(&server, b"\x00\x01garbage garbage garbage\r\n\r\n").await;
@@ -116,31 +118,54 @@ async fn garbage_and_plain_http_on_the_tls_port_are_dropped() {
     bystanders.finish().await;
 }
 
+/// The gateway's default handshake timeout (docs/protocol.md, Limits).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[tokio::test]
 async fn slow_handshakes_are_cut_off() {
-    let server = TestServer::start_with(&["--handshake-timeout", "1"]);
+    // Longer than the default, so that a cut no sooner than this shows the
+    // configured timeout at work (not the default, not an early refusal),
+    // and the bound on how late it may come can be generous.
+    const TIMEOUT: Duration = Duration::from_secs(12);
+    const { assert!(TIMEOUT.as_secs() > DEFAULT_HANDSHAKE_TIMEOUT.as_secs()) };
+    let timeout = TIMEOUT.as_secs().to_string();
+    let server = TestServer::start_with(&["--handshake-timeout", &timeout]);
     let bystanders = Bystanders::start(&server).await;
 
     // Connects and says nothing (slowloris), then a TLS client hello cut short.
+    let opened = tokio::time::Instant::now();
     let mut silent = TcpStream::connect(server.gateway).await.expect("connect");
     let mut partial = TcpStream::connect(server.gateway).await.expect("connect");
     partial
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
         .await
         .expect("write");
-    for stream in [&mut silent, &mut partial] {
+    for (stream, what) in [(&mut silent, "silent"), (&mut partial, "partial hello")] {
         let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_secs(4), stream.read(&mut buf)).await {
+        match tokio::time::timeout_at(opened + TIMEOUT + PROMPTLY, stream.read(&mut buf)).await {
             Ok(Ok(_) | Err(_)) => {}
-            Err(_) => panic!("a stalled handshake was kept open past the timeout"),
+            Err(_) => panic!("a stalled handshake ({what}) was kept open past the timeout"),
         }
+        let after = opened.elapsed();
+        assert!(
+            after >= TIMEOUT - Duration::from_millis(10),
+            "the {what} connection was cut after {after:?}, before the {TIMEOUT:?} timeout"
+        );
+        eprintln!("{what}: cut after {after:?} (timeout {TIMEOUT:?})");
     }
 
     bystanders.finish().await;
 }
 
 async fn expect_refused(server: &TestServer, token: &str, why: &str) {
-    match Session::connect(&server.ws_url(), server.tls.clone(), token).await {
+    match Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        token,
+        common::patient(),
+    )
+    .await
+    {
         Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 401, "{why}"),
         Ok(_) => panic!("{why}: the forged token connected"),
         Err(other) => panic!("{why}: expected 401, got {other:?}"),
@@ -166,7 +191,13 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
     // A sanity check that the forging works: the real claims re-signed with
     // the real key connect.
     let resigned = jwt(&eddsa, &claims, |m| server_key.sign(m).as_ref().to_vec());
-    let session = Session::connect(&server.ws_url(), server.tls.clone(), &resigned).await;
+    let session = Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        &resigned,
+        common::patient(),
+    )
+    .await;
     assert!(session.is_ok(), "re-signed genuine claims should pass");
 
     let mut expired = claims.clone();
@@ -210,7 +241,8 @@ async fn forged_and_expired_tokens_get_401_before_the_upgrade() {
 
 #[tokio::test]
 async fn garbage_after_tls_and_upgrades_without_a_token_or_to_the_wrong_path_are_refused() {
-    let server = TestServer::start();
+    // As above: a refusal closed within PROMPTLY was closed for the refusal.
+    let server = TestServer::start_with(&["--handshake-timeout", LONGER_THAN_ANY_TEST]);
     let bystanders = Bystanders::start(&server).await;
     let connector = tokio_rustls::TlsConnector::from(server.tls.clone());
     let request = |path: &str, auth: &str| {
@@ -253,13 +285,18 @@ async fn garbage_after_tls_and_upgrades_without_a_token_or_to_the_wrong_path_are
 
 #[tokio::test]
 async fn a_silent_session_is_closed_at_the_idle_timeout_and_a_pinging_one_is_not() {
-    let server = TestServer::start_with(&["--idle-timeout", "5"]);
+    const IDLE: Duration = Duration::from_secs(5);
+    /// Far below the idle timeout, so that a loaded machine's pauses do not
+    /// make the pinging session look silent.
+    const PING_EVERY: Duration = Duration::from_millis(250);
+    let server = TestServer::start_with(&["--idle-timeout", &IDLE.as_secs().to_string()]);
     // This session does not ping (the client library pings by default).
     let silent_phone = server.register().await;
     let options = parley_client::ConnectOptions {
         keepalive: None,
-        ..parley_client::ConnectOptions::default()
+        ..common::patient()
     };
+    let opened = tokio::time::Instant::now();
     let mut silent = Session::connect_with(
         &server.ws_url(),
         server.tls.clone(),
@@ -269,31 +306,45 @@ async fn a_silent_session_is_closed_at_the_idle_timeout_and_a_pinging_one_is_not
     .await
     .expect("connects");
     until(&mut silent, is_empty_marker).await;
+    let pinging_opened = tokio::time::Instant::now();
     let (_, mut pinging) = fresh_session(&server).await;
 
+    // The pinging session pings until the silent one has been closed and it
+    // has itself lived past the idle timeout, then proves it is still open:
+    // a send it gets an answer to.
+    let (silent_closed_tx, mut silent_closed) = tokio::sync::watch::channel(false);
     let pinger = tokio::spawn(async move {
-        for _ in 0..8 {
+        while !*silent_closed.borrow() || pinging_opened.elapsed() < IDLE + IDLE / 2 {
             pinging.ping().await.expect("ping");
-            match pinging.next_frame_timeout(Duration::from_secs(1)).await {
-                Err(ClientError::Timeout) => {}
-                other => panic!("the pinging session got {other:?}"),
-            }
+            let _ = tokio::time::timeout(PING_EVERY, silent_closed.changed()).await;
         }
-        pinging
+        pinging.send(1, 0xdead, "still open?").await.expect("send");
+        match next(&mut pinging).await {
+            Frame::SendError(e) => assert_eq!(e.code(), ErrorCode::UnknownRecipient),
+            other => panic!("the pinging session got {other:?}"),
+        }
+        pinging_opened.elapsed()
     });
 
-    match silent.next_frame_timeout(Duration::from_secs(8)).await {
+    match silent.next_frame_timeout(IDLE + PROMPTLY).await {
         Ok(frame) => match frame.frame {
             Some(Frame::Closing(c)) => assert_eq!(c.reason(), CloseReason::IdleTimeout),
             other => panic!("expected Closing IDLE_TIMEOUT, got {other:?}"),
         },
         Err(err) => panic!("expected Closing IDLE_TIMEOUT, got {err:?}"),
     }
+    let after = opened.elapsed();
+    assert!(
+        after >= IDLE,
+        "the silent session was closed after {after:?}, before the {IDLE:?} idle timeout"
+    );
     match silent.next_frame_timeout(PROMPTLY).await {
         Err(ClientError::Closed { code, .. }) => assert_eq!(code, close::IDLE_TIMEOUT),
         other => panic!("expected close 4003, got {other:?}"),
     }
-    let _alive = pinger
+    silent_closed_tx.send_replace(true);
+    let lived = pinger
         .await
         .expect("the pinging session outlived the idle timeout");
+    eprintln!("silent session closed after {after:?}; the pinging one still open after {lived:?}");
 }

@@ -69,22 +69,27 @@ const OFFLINE_MS: (u64, u64) = (300, 2_000);
 /// Load after the last restart, before sends stop.
 const LOAD_AFTER_LAST_KILL: Duration = Duration::from_secs(2);
 /// The longest the test waits, once sends stop, for every acked message to
-/// be delivered.
-const DRAIN_LIMIT: Duration = Duration::from_secs(25);
+/// be delivered. A passing run ends its drain as soon as nothing is missing
+/// (a few seconds); these bounds only decide how long a failing one takes
+/// to say so, and are generous so that a loaded machine is never mistaken
+/// for a lost message.
+const DRAIN_LIMIT: Duration = Duration::from_secs(180);
 /// The drain ends sooner if nothing was acked or delivered for this long:
 /// what is still missing then is not on its way.
-const DRAIN_STALL: Duration = Duration::from_secs(5);
-/// A phone gives up after this long without a session (the server restarts
-/// in well under a second).
-const RECONNECT_LIMIT: Duration = Duration::from_secs(20);
+const DRAIN_STALL: Duration = Duration::from_secs(30);
+/// A phone gives up after this long without a session: longer than a
+/// restart may take (the harness allows 60 s; it is well under a second on
+/// a quiet machine).
+const RECONNECT_LIMIT: Duration = Duration::from_secs(90);
 /// First and largest pause between reconnection attempts.
 const BACKOFF_FIRST: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// How long a phone waits for a frame before it looks at its sends and the
 /// test's phase again.
 const POLL: Duration = Duration::from_millis(100);
-/// How long the phones get to close their sessions at the end.
-const WIND_DOWN: Duration = Duration::from_secs(15);
+/// How long the phones get to close their sessions at the end (each close
+/// takes a round trip; a phone in a reconnect backoff notices within one).
+const WIND_DOWN: Duration = Duration::from_secs(60);
 /// Problems kept word for word (the rest are only counted).
 const MAX_NOTES: usize = 50;
 /// Sender-recipient pairs listed in the failure message for lost messages.
@@ -409,7 +414,8 @@ fn parse_body(body: &[u8]) -> Option<(usize, u64)> {
 }
 
 /// How a phone reconnects: short timeouts, since the server is local and
-/// a dead one should be noticed quickly.
+/// a dead one should be noticed quickly. A timeout here is never a failure:
+/// the phone drops the session and reconnects, as after a kill.
 const CONNECT: ConnectOptions = ConnectOptions {
     connect_timeout: Duration::from_secs(5),
     write_timeout: Duration::from_secs(5),

@@ -3,17 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestServer, next, until};
+use common::{PROMPTLY, TestServer, eventually, next, sample, until};
 use parley_proto::v1::server_frame::Frame;
-
-/// The value of one sample line (`name{labels} value`) in a scrape.
-fn sample(body: &str, key: &str) -> f64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {key} in:\n{body}"))
-}
 
 #[tokio::test]
 async fn metrics_count_real_traffic_and_readiness_follows_the_lifecycle() {
@@ -48,47 +39,55 @@ async fn metrics_count_real_traffic_and_readiness_follows_the_lifecycle() {
         .expect("ack two of three");
     // A forged token is a counted login failure.
     assert!(
-        parley_client::Session::connect(&server.ws_url(), server.tls.clone(), "x.y.z")
-            .await
-            .is_err()
+        parley_client::Session::connect_with(
+            &server.ws_url(),
+            server.tls.clone(),
+            "x.y.z",
+            common::patient()
+        )
+        .await
+        .is_err()
     );
-    // Let the once-a-second census and rates run.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-
-    let (status, body) = server.admin_get("/metrics").await;
-    assert!(status.contains("200"), "{status}");
-    assert_eq!(sample(&body, "parley_gateway_sessions_open"), 2.0);
-    assert_eq!(sample(&body, "parley_gateway_logins_total"), 2.0);
-    assert_eq!(
-        sample(
-            &body,
-            "parley_gateway_login_failures_total{reason=\"TOKEN_INVALID\"}"
-        ),
-        1.0
-    );
-    assert_eq!(sample(&body, "parley_router_messages_accepted_total"), 3.0);
-    assert_eq!(sample(&body, "parley_router_messages_delivered_total"), 2.0);
-    assert_eq!(
-        sample(
-            &body,
-            "parley_gateway_send_errors_total{code=\"UNKNOWN_RECIPIENT\"}"
-        ),
-        1.0
-    );
-    // One message left for Bob; Alice's delivered receipt waits in her mailbox
-    // or went out to her live session (window), and is still queued until acked.
-    assert_eq!(sample(&body, "parley_router_queued"), 2.0);
-    assert_eq!(sample(&body, "parley_registration_codes_sent_total"), 2.0);
-    assert_eq!(
-        sample(
-            &body,
-            "parley_http_requests_total{route=\"/v1/registration/verify\",status=\"200\"}"
-        ),
-        2.0
-    );
-    let rate = sample(
-        &body,
-        "parley_rate_per_second{counter=\"messages_accepted\",window=\"100s\"}",
-    );
-    assert!(rate > 0.0, "the 100 s rate saw the messages: {rate}");
+    // The census (queue depth) and the rates are computed once a second:
+    // wait for the scrape to show everything, rather than sleep and hope a
+    // census ran meanwhile.
+    server
+        .wait_for_metrics(
+            &[
+                ("parley_gateway_sessions_open", 2.0),
+                ("parley_gateway_logins_total", 2.0),
+                (
+                    "parley_gateway_login_failures_total{reason=\"TOKEN_INVALID\"}",
+                    1.0,
+                ),
+                ("parley_router_messages_accepted_total", 3.0),
+                ("parley_router_messages_delivered_total", 2.0),
+                (
+                    "parley_gateway_send_errors_total{code=\"UNKNOWN_RECIPIENT\"}",
+                    1.0,
+                ),
+                // One message left for Bob; Alice's delivered receipt waits in
+                // her mailbox or went out to her live session (window), and
+                // is still queued until acked.
+                ("parley_router_queued", 2.0),
+                ("parley_registration_codes_sent_total", 2.0),
+                (
+                    "parley_http_requests_total{route=\"/v1/registration/verify\",status=\"200\"}",
+                    2.0,
+                ),
+            ],
+            PROMPTLY,
+        )
+        .await;
+    let rate = eventually("the 100 s rate sees the messages", PROMPTLY, || async {
+        let (status, body) = server.admin_get("/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        let key = "parley_rate_per_second{counter=\"messages_accepted\",window=\"100s\"}";
+        match sample(&body, key) {
+            Some(rate) if rate > 0.0 => Ok(rate),
+            other => Err(format!("{key} = {other:?}")),
+        }
+    })
+    .await;
+    eprintln!("messages_accepted over 100 s: {rate}/s");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, next, quiet, until};
+use common::{TestServer, close_cleanly, next, until};
 use parley_client::ClientError;
 use parley_proto::close;
 use parley_proto::v1::{CloseReason, ErrorCode, ReceiptKind, server_frame::Frame};
@@ -91,8 +91,8 @@ async fn offline_messages_are_delivered_in_order_with_every_checkmark() {
     }
 
     // Everything was acknowledged: a new session of either finds nothing.
-    a.close().await.expect("close");
-    b.close().await.expect("close");
+    close_cleanly(a).await.expect("close");
+    close_cleanly(b).await.expect("close");
     let mut a = server.connect(&alice).await;
     assert!(until(&mut a, is_empty_marker).await.is_empty());
     let mut b = server.connect(&bob).await;
@@ -112,7 +112,7 @@ async fn receipts_for_an_offline_sender_wait_for_it() {
     let Frame::Ack(ack) = next(&mut a).await else {
         panic!("expected an ack")
     };
-    a.close().await.expect("close");
+    close_cleanly(a).await.expect("close");
 
     let mut b = server.connect(&bob).await;
     let Frame::Deliver(d) = next(&mut b).await else {
@@ -166,7 +166,17 @@ async fn a_resent_client_msg_id_is_acked_again_but_never_delivered_twice() {
     let mut b = server.connect(&bob).await;
     let backlog = until(&mut b, is_empty_marker).await;
     assert_eq!(backlog.len(), 1, "one copy only: {backlog:?}");
-    quiet(&mut b).await;
+    // A barrier instead of a wait for silence: Alice's next message is
+    // queued behind anything the resend could have queued, so it must be
+    // the very next thing Bob gets.
+    a.send(43, bob.user_id, "after the resend")
+        .await
+        .expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    match next(&mut b).await {
+        Frame::Deliver(d) => assert_eq!(d.body.as_ref(), b"after the resend", "no second copy"),
+        other => panic!("expected the next message, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -263,7 +273,14 @@ async fn re_registration_revokes_the_old_credential_and_session() {
         Err(ClientError::Closed { code, .. }) => assert_eq!(code, close::REVOKED),
         other => panic!("expected close 4002, got {other:?}"),
     }
-    match parley_client::Session::connect(&server.ws_url(), server.tls.clone(), &old.token).await {
+    match parley_client::Session::connect_with(
+        &server.ws_url(),
+        server.tls.clone(),
+        &old.token,
+        common::patient(),
+    )
+    .await
+    {
         Err(ClientError::Rejected { status, .. }) => assert_eq!(status, 401),
         Ok(_) => panic!("the old token still connects"),
         Err(other) => panic!("expected 401, got {other:?}"),
@@ -370,7 +387,7 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
             other => panic!("expected an ack, got {other:?}"),
         }
     }
-    a.close().await.expect("alice goes offline");
+    close_cleanly(a).await.expect("alice goes offline");
 
     // Bob stores the first message only; its DELIVERED receipt waits for
     // Alice, the second message waits for Bob's next session.
@@ -385,7 +402,7 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
         .collect();
     assert_eq!(delivered, acked);
     b.ack_delivery(vec![acked[0]]).await.expect("ack");
-    b.close().await.expect("bob goes offline");
+    close_cleanly(b).await.expect("bob goes offline");
 
     let status = tokio::task::block_in_place(|| server.stop_gracefully());
     assert!(status.success(), "exit status {status}");
@@ -427,7 +444,16 @@ async fn a_graceful_restart_keeps_queued_messages_receipts_and_resend_memory() {
         Frame::Ack(ack) => assert_eq!(ack.message_id, acked[1], "the original ack"),
         other => panic!("expected the original ack, got {other:?}"),
     }
-    quiet(&mut b).await;
+    // Nothing new for Bob from the resend: Alice's next message, queued
+    // behind anything the resend could have queued, is the next he gets.
+    a.send(3, bob.user_id, "after the resend")
+        .await
+        .expect("send");
+    assert!(matches!(next(&mut a).await, Frame::Ack(_)));
+    match next(&mut b).await {
+        Frame::Deliver(d) => assert_eq!(d.body.as_ref(), b"after the resend", "no second copy"),
+        other => panic!("expected the next message, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -480,4 +506,40 @@ async fn pipelined_sends_are_answered_and_delivered_in_order() {
         .map(|id| format!("burst {id}"))
         .collect();
     assert_eq!(bodies, expected, "delivered in send order");
+}
+
+#[tokio::test]
+async fn a_phone_that_closes_gets_the_servers_close_in_answer() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = TestServer::start();
+    let alice = server.register().await;
+    let mut a = server.connect(&alice).await;
+    until(&mut a, is_empty_marker).await;
+    // The phone starts the close handshake; the server must finish it with
+    // a close frame of its own (echoing 1000), not just drop the connection.
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    a.send_raw(Message::Close(Some(close)))
+        .await
+        .expect("close sent");
+    match a.next_frame_timeout(common::PROMPTLY).await {
+        Err(ClientError::Closed { code, .. }) => assert_eq!(code, 1000, "normal closure"),
+        other => panic!("expected the server's close 1000, got {other:?}"),
+    }
+    server
+        .wait_for_metrics(
+            &[
+                (
+                    "parley_gateway_sessions_closed_total{reason=\"client_closed\"}",
+                    1.0,
+                ),
+                ("parley_gateway_sessions_open", 0.0),
+            ],
+            common::PROMPTLY,
+        )
+        .await;
 }

@@ -55,8 +55,14 @@ fn a_tiny_floor_run_writes_a_result() {
     assert!(figure("bytes_per_session") > 0.0);
     assert!(figure("logins_per_s") > 0.0);
     assert_eq!(figure("lost"), 0.0, "every echo came back");
-    assert!(figure("msgs_per_s") > 300.0);
     assert_eq!(result["counters"]["echoed"], 400);
+    // The rate is what the machine sustained (echoes over the time they
+    // took, at least the second of sending): a figure to print, not to
+    // assert, since a loaded machine stretches the time. It is at most the
+    // offered 400 a second, and above zero once every echo came back.
+    let rate = figure("msgs_per_s");
+    assert!(rate > 0.0 && rate <= 400.0, "msgs_per_s {rate}");
+    eprintln!("floor: {rate} echoes a second sustained (400 offered)");
     assert!(json.with_extension("svg").exists(), "the plot was written");
     assert!(
         json.with_extension("txt").exists(),

@@ -51,6 +51,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// phone reads them; so the server first reads and discards what is still
 /// coming, up to this long and this much.
 const LINGER: Duration = Duration::from_secs(1);
+/// The most the server reads and discards after its `Error` frame, in the
+/// close handshake and the linger together. A peer that broke the protocol
+/// (a flood, an oversized frame) costs the server at most this much reading
+/// and [`CLOSE_TIMEOUT`] + [`LINGER`] of time; then the connection is
+/// dropped, and a peer still writing gets a reset. A phone that reads sees
+/// the `Error` and the close long before: they were written first.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// The most router frames written before one flush: enough to coalesce a
 /// burst into few TLS records, few enough not to starve the read side.
@@ -480,13 +486,16 @@ fn answer<R: Router>(
 }
 
 /// Tells the phone why the session ends, closes with the matching code, and
-/// waits briefly for the phone's close frame.
+/// waits briefly for the phone's close frame. After an error, what the phone
+/// still sends is read and discarded within [`LINGER_MAX_BYTES`].
 async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     ending: Ending,
     metrics: &GatewayMetrics,
 ) {
     let lingering = matches!(ending, Ending::Error(..) | Ending::Protocol);
+    // Bytes of the phone's messages discarded since the error.
+    let mut discarded = 0;
     let (frame, code) = match ending {
         Ending::Gone => return,
         Ending::ClientClosed => (None, None),
@@ -512,21 +521,38 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
             count_out(metrics, &bytes);
             ws.send(Message::Binary(bytes.into())).await?;
         }
-        let close_frame = code.map(|(code, reason)| CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        });
-        ws.close(close_frame).await?;
-        // Read until the phone answers the close (or gives up).
-        while let Some(Ok(_)) = ws.next().await {}
+        match code {
+            Some((code, reason)) => {
+                let close_frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                ws.close(Some(close_frame)).await?;
+            }
+            // The phone closed first, and tungstenite queued the answering
+            // close frame (RFC 6455, 5.5.1). Only a flush sends it: a
+            // `close` after the phone's is refused as a send after closing,
+            // and the phone would see the connection end without an answer.
+            None => ws.flush().await?,
+        }
+        // Read until the phone answers the close (or gives up). A phone that
+        // broke the protocol may be flooding: it gets a bounded read.
+        while let Some(Ok(message)) = ws.next().await {
+            if lingering {
+                discarded += message.len();
+                if discarded >= LINGER_MAX_BYTES {
+                    break;
+                }
+            }
+        }
         Ok::<_, WsError>(())
     };
     let _ = timeout(CLOSE_TIMEOUT, closing).await;
-    if lingering {
+    if lingering && discarded < LINGER_MAX_BYTES {
         let discard = async {
             let stream = ws.get_mut();
             let mut buf = [0u8; 1024];
-            let mut total = 0;
+            let mut total = discarded;
             while total < LINGER_MAX_BYTES {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => break,

@@ -1,6 +1,11 @@
 //! Shared test harness: a fresh database per test (SQLite in a temp dir, or a
 //! uniquely named PostgreSQL database when `PARLEY_TEST_POSTGRES_URL` is set),
 //! and a `TestApp` driving `router(state)` with `oneshot`.
+//!
+//! The PostgreSQL variants are compiled as ignored tests unless the variable
+//! was set when they were built (`cfg(parley_postgres)`, see `build.rs`):
+//! without a server they are reported as ignored, never as passed. Under
+//! `CI=true` a missing variable is a failure (`postgres::configured_in_ci`).
 
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -42,18 +47,44 @@ impl Backend {
     }
 }
 
+/// The reason the PostgreSQL variants give when they are ignored.
+pub const IGNORED_WITHOUT_POSTGRES: &str = "set PARLEY_TEST_POSTGRES_URL to run against PostgreSQL";
+
+/// The URL of the PostgreSQL server to test against. Panics without one: a
+/// PostgreSQL test that cannot reach PostgreSQL has not passed.
+fn postgres_url() -> String {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ if cfg!(parley_postgres) => panic!(
+            "these tests were built with {POSTGRES_ENV} set, and it is not set now: \
+             run them through cargo (which rebuilds them), or set it again"
+        ),
+        _ => panic!("{IGNORED_WITHOUT_POSTGRES} (these tests are ignored without it)"),
+    }
+}
+
+/// Under `CI=true`, fails unless the PostgreSQL variants run: CI must test
+/// production's database, and an ignored test is easy to miss in a log.
+pub fn require_postgres_in_ci() {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let url = std::env::var(POSTGRES_ENV).is_ok_and(|url| !url.is_empty());
+    assert!(
+        !ci || (cfg!(parley_postgres) && url),
+        "CI is set but {POSTGRES_ENV} is not, so the PostgreSQL tests were ignored: \
+         .ci/run sets it (and starts PostgreSQL); elsewhere, set it to a server on which \
+         the tests may create and drop databases, e.g. postgres://postgres@127.0.0.1:5432/postgres"
+    );
+}
+
 /// Runs `test` against a database of its own on the PostgreSQL server named by
 /// `PARLEY_TEST_POSTGRES_URL`, and drops the database afterwards, also when
-/// the test fails. Without the variable the test is skipped (and says so).
+/// the test fails.
 pub async fn on_postgres<F, Fut>(test: F)
 where
     F: FnOnce(Backend) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Ok(base) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipped: set {POSTGRES_ENV} to run against PostgreSQL");
-        return;
-    };
+    let base = postgres_url();
     let name = format!("parley_test_{:016x}", rand::thread_rng().r#gen::<u64>());
     let mut admin = sqlx::PgConnection::connect(&base)
         .await
@@ -88,7 +119,9 @@ fn with_database(base: &str, db: &str) -> String {
 }
 
 /// Generates two tests per name: `sqlite::<name>` and `postgres::<name>`,
-/// each calling `<name>(backend)`.
+/// each calling `<name>(backend)`; the PostgreSQL ones are ignored unless
+/// `PARLEY_TEST_POSTGRES_URL` was set at build time. Plus
+/// `postgres::configured_in_ci`, which fails under `CI=true` without it.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -101,8 +134,16 @@ macro_rules! on_every_backend {
             )*
         }
         mod postgres {
+            #[test]
+            fn configured_in_ci() {
+                super::common::require_postgres_in_ci();
+            }
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(
+                    not(parley_postgres),
+                    ignore = "set PARLEY_TEST_POSTGRES_URL to run against PostgreSQL"
+                )]
                 async fn $name() {
                     super::common::on_postgres(super::$name).await;
                 }
