@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new()
-        .bytes([".parley.v1.Send.body", ".parley.v1.Deliver.body"])
+        .bytes([
+            ".parley.v1.Send.body",
+            ".parley.v1.Envelope.body",
+            ".parley.v1.Deliver.body",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use parley_gateway::GatewayMetrics;
 use parley_registration::RegistrationMetrics;
-use parley_router::{MemoryRouter, RouterMetrics};
+use parley_router::{MemoryRouter, Router, RouterMetrics};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -226,10 +226,10 @@ pub async fn tick(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        router.census();
+        router.census().await;
         ticks += 1;
         if ticks.is_multiple_of(EXPIRY_EVERY_TICKS) {
-            router.expire(now_ms());
+            router.expire(now_ms()).await;
         }
         for (i, (name, counter)) in rated.iter().enumerate() {
             let now = counter.get();

@@ -75,6 +75,11 @@ pub enum Command {
         /// The first number's 8-digit suffix.
         #[arg(long, default_value_t = 0)]
         first: u64,
+        /// Devices per account: the primary and this many less one linked
+        /// devices (one line each, the account's lines together, the
+        /// primary first).
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
         /// Where to write the credentials (mode 0600: they are secrets).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -194,6 +199,12 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// This node's number in its deployment (0 to 127), carried in every
+    /// message and receipt id it makes so that no two nodes make the same
+    /// id: every node of one deployment needs its own. [default: 0]
+    #[arg(long, env = "PARLEY_NODE_ID", value_name = "N")]
+    pub node_id: Option<u8>,
+
     /// Deliveries and receipts a session may have unacknowledged at once.
     /// [default: 64]
     #[arg(long, env = "PARLEY_DELIVERY_WINDOW", value_name = "N")]
@@ -279,6 +290,30 @@ pub struct Settings {
     /// sustained. [default: 30]
     #[arg(long, env = "PARLEY_VERIFIES_PER_IP_PER_MINUTE", value_name = "N")]
     pub verifies_per_ip_per_minute: Option<u32>,
+
+    /// Seconds a link code (shown by the primary device to link another)
+    /// stays valid. [default: 600]
+    #[arg(long, env = "PARLEY_LINK_CODE_TTL", value_name = "SECS")]
+    pub link_code_ttl: Option<u64>,
+
+    /// Devices one account may have, the primary included; 1 turns linking
+    /// off. [default: 5]
+    #[arg(long, env = "PARLEY_MAX_DEVICES", value_name = "N")]
+    pub max_devices: Option<u32>,
+
+    /// Days after which a linked device that has not connected is unlinked
+    /// (never the primary). [default: 30]
+    #[arg(long, env = "PARLEY_INACTIVE_DEVICE_DAYS", value_name = "DAYS")]
+    pub inactive_device_days: Option<u64>,
+
+    /// Link attempts one client address may make at once. [default: 20]
+    #[arg(long, env = "PARLEY_LINKS_PER_IP_BURST", value_name = "N")]
+    pub links_per_ip_burst: Option<u32>,
+
+    /// Link attempts one client address may make per minute, sustained.
+    /// [default: 10]
+    #[arg(long, env = "PARLEY_LINKS_PER_IP_PER_MINUTE", value_name = "N")]
+    pub links_per_ip_per_minute: Option<u32>,
 
     /// Seconds shutdown waits for sessions and requests to finish. [default: 10]
     #[arg(long, env = "PARLEY_SHUTDOWN_GRACE", value_name = "SECS")]
@@ -487,6 +522,7 @@ impl Config {
         let write_timeout = seconds("write_timeout", s.write_timeout, 30, 1);
         let code_ttl = seconds("code_ttl", s.code_ttl, 600, 10);
         let code_interval = seconds("code_interval", s.code_interval, 60, 1);
+        let link_code_ttl = seconds("link_code_ttl", s.link_code_ttl, 600, 10);
         let shutdown_grace = seconds("shutdown_grace", s.shutdown_grace, 10, 0);
         let token_ttl_days = s.token_ttl_days.unwrap_or(365);
         let codes_per_day = s.codes_per_day.unwrap_or(5);
@@ -496,6 +532,44 @@ impl Config {
         if token_ttl_days == 0 {
             problems.push(format!("{}: must be at least 1", name("token_ttl_days")));
         }
+        // A bad device setting is reported here, under its source's name,
+        // and replaced by its default, so that the registration crate's own
+        // check below does not report it a second time.
+        let registration_defaults = RegistrationConfig::default();
+        let mut count = |key: &str, value: Option<u32>, default: u32, why: &str| match value {
+            Some(0) => {
+                problems.push(format!("{}: must be at least 1{why}", sources.name(key)));
+                default
+            }
+            value => value.unwrap_or(default),
+        };
+        let max_devices = count(
+            "max_devices",
+            s.max_devices,
+            registration_defaults.max_devices,
+            " (the primary device)",
+        );
+        let links_per_ip_burst = count(
+            "links_per_ip_burst",
+            s.links_per_ip_burst,
+            registration_defaults.links_per_ip_burst,
+            "",
+        );
+        let inactive_device_days = match s.inactive_device_days {
+            Some(0) => {
+                problems.push(format!(
+                    "{}: must be at least 1",
+                    name("inactive_device_days")
+                ));
+                30
+            }
+            days => days.unwrap_or(30),
+        };
+        let link_code_ttl = if link_code_ttl.is_zero() {
+            registration_defaults.link_code_ttl
+        } else {
+            link_code_ttl
+        };
         let mut at_least_one = |key: &str, value: Option<usize>, default: usize| {
             let value = value.unwrap_or(default);
             if value == 0 {
@@ -579,6 +653,18 @@ impl Config {
                 ..JournalConfig::at("")
             }),
         };
+        let node = match parley_router::NodeId::new(s.node_id.unwrap_or(0)) {
+            Some(node) => node,
+            None => {
+                problems.push(format!(
+                    "{}: must be at most {}, not {}",
+                    name("node_id"),
+                    parley_router::MAX_NODE_ID,
+                    s.node_id.unwrap_or(0)
+                ));
+                parley_router::NodeId::default()
+            }
+        };
         let message_ttl_days = s.message_ttl_days.unwrap_or(30);
         if message_ttl_days == 0 {
             problems.push(format!("{}: must be at least 1", name("message_ttl_days")));
@@ -626,9 +712,9 @@ impl Config {
             max_queued_bytes,
             ttl: Duration::from_secs(message_ttl_days.saturating_mul(24 * 3600)),
             inbound_bytes,
+            node,
             ..defaults
         };
-        let registration_defaults = RegistrationConfig::default();
         let registration = RegistrationConfig {
             code_ttl,
             code_interval,
@@ -646,6 +732,13 @@ impl Config {
                 .verifies_per_ip_per_minute
                 .unwrap_or(registration_defaults.verifies_per_ip_per_minute),
             token_ttl: Duration::from_secs(token_ttl_days.saturating_mul(24 * 3600)),
+            link_code_ttl,
+            max_devices,
+            inactive_after: Duration::from_secs(inactive_device_days.saturating_mul(24 * 3600)),
+            links_per_ip_burst,
+            links_per_ip_per_minute: s
+                .links_per_ip_per_minute
+                .unwrap_or(registration_defaults.links_per_ip_per_minute),
             ..registration_defaults
         };
         // The registration crate knows its own invariants; a setting exposed
@@ -959,6 +1052,44 @@ mod tests {
         let config = Config::from_settings(flags.over(file)).expect("valid");
         assert_eq!(config.gateway_addr.port(), 2);
         assert_eq!(config.gateway.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn device_settings() {
+        let config = Config::from_settings(Settings::default()).expect("defaults");
+        assert_eq!(config.registration.max_devices, 5);
+        assert_eq!(config.registration.link_code_ttl, Duration::from_secs(600));
+        assert_eq!(
+            config.registration.inactive_after,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        let config = resolve(
+            &["--max-devices", "2", "--link-code-ttl", "60"],
+            &[("PARLEY_INACTIVE_DEVICE_DAYS", "7")],
+        )
+        .expect("valid");
+        assert_eq!(config.registration.max_devices, 2);
+        assert_eq!(config.registration.link_code_ttl, Duration::from_secs(60));
+        assert_eq!(
+            config.registration.inactive_after,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let found = problems(resolve(
+            &["--max-devices", "0", "--link-code-ttl", "1"],
+            &[
+                ("PARLEY_INACTIVE_DEVICE_DAYS", "0"),
+                ("PARLEY_LINKS_PER_IP_BURST", "0"),
+            ],
+        ));
+        assert_eq!(
+            found,
+            [
+                "--link-code-ttl: must be at least 10 seconds, not 1".to_owned(),
+                "--max-devices: must be at least 1 (the primary device)".to_owned(),
+                "PARLEY_LINKS_PER_IP_BURST: must be at least 1".to_owned(),
+                "PARLEY_INACTIVE_DEVICE_DAYS: must be at least 1".to_owned(),
+            ]
+        );
     }
 
     #[test]

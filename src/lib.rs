@@ -34,7 +34,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use parley_gateway::Gateway;
 use parley_identity::{Authenticator, CachedDirectory, DeviceId, TokenKeys, UserId};
-use parley_registration::{AccountStore, DeviceEvents, OutboxSms, RegistrationState};
+use parley_proto::v1::CloseReason;
+use parley_registration::{AccountStore, DeviceEvents, OutboxSms, RegistrationState, UnlinkReason};
 use parley_router::{Device, MemoryRouter, Router};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -109,28 +110,116 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How often linked devices unseen for `--inactive-device-days` are
+/// unlinked. The threshold is days; an hour's lag is nothing next to it.
+const INACTIVE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Batches of [`parley_registration::api::SWEEP_BATCH`] one sweep runs at
+/// most; what is left waits for the next sweep, so one sweep never closes
+/// more than this many sessions at once.
+const INACTIVE_SWEEP_BATCHES: usize = 20;
+
 /// When registration changes a user's devices: the directory's cache
-/// forgets them, and the live session of a replaced device is closed.
+/// forgets the user first (so that the gateway stops fanning messages out
+/// to a removed device, and starts to a linked one), then the router closes
+/// the sessions of removed devices and drops or moves their queues.
 #[derive(Debug)]
 struct DeviceChanges<R> {
     router: R,
     directory: CachedDirectory,
 }
 
-impl<R: Router> DeviceEvents for DeviceChanges<R> {
-    fn device_replaced(&self, user: UserId, old_device: DeviceId) {
-        self.directory.invalidate(user);
+impl<R: Router> DeviceChanges<R> {
+    /// Removes `device` from the router in a task of its own: the callers
+    /// (request handlers, the sweep) must not wait on sessions.
+    fn remove(&self, device: Device, reason: CloseReason, successor: Option<Device>) {
         let router = self.router.clone();
-        // Called from a request handler that must not wait on sessions.
         tokio::spawn(async move {
-            router
-                .revoke(Device {
-                    user,
-                    device: old_device,
-                })
-                .await;
+            if let Err(error) = router.remove_device(device, reason, successor).await {
+                tracing::error!(
+                    %error,
+                    user = device.user,
+                    device = device.device,
+                    "a removed device's queue was not dropped or moved"
+                );
+            }
         });
     }
+}
+
+impl<R: Router> DeviceEvents for DeviceChanges<R> {
+    fn device_linked(&self, user: UserId, _device: DeviceId) {
+        self.directory.invalidate(user);
+    }
+
+    fn device_unlinked(&self, user: UserId, device: DeviceId, _reason: UnlinkReason) {
+        self.directory.invalidate(user);
+        self.remove(Device::new(user, device), CloseReason::Unlinked, None);
+    }
+
+    fn account_reregistered(
+        &self,
+        user: UserId,
+        old_primary: DeviceId,
+        old_linked: Vec<DeviceId>,
+        new_primary: DeviceId,
+    ) {
+        self.directory.invalidate(user);
+        // The person moved to a new phone: what was queued for the old one
+        // goes to it. Linked devices were linked to the old phone; their
+        // queues go with them.
+        self.remove(
+            Device::new(user, old_primary),
+            CloseReason::Revoked,
+            Some(Device::new(user, new_primary)),
+        );
+        for device in old_linked {
+            self.remove(Device::new(user, device), CloseReason::Revoked, None);
+        }
+    }
+}
+
+/// Every [`INACTIVE_SWEEP_EVERY`] (the first one that long after start, so
+/// that devices have had time to reconnect after downtime), unlinks the
+/// linked devices not seen for the configured days, until `stop`.
+async fn sweep_inactive_devices(registration: RegistrationState, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + INACTIVE_SWEEP_EVERY,
+        INACTIVE_SWEEP_EVERY,
+    );
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = every.tick() => {}
+        }
+        let unlinked = sweep_once(&registration, parley_registration::store::now_millis()).await;
+        if unlinked > 0 {
+            tracing::info!(unlinked, "inactive linked devices unlinked");
+        }
+    }
+}
+
+/// One sweep at `now_ms`: batches until one comes back short, at most
+/// [`INACTIVE_SWEEP_BATCHES`]. Returns how many devices were unlinked.
+async fn sweep_once(registration: &RegistrationState, now_ms: i64) -> usize {
+    let mut unlinked = 0;
+    for _ in 0..INACTIVE_SWEEP_BATCHES {
+        match registration.unlink_inactive(now_ms).await {
+            Ok(n) => {
+                unlinked += n;
+                if n < parley_registration::api::SWEEP_BATCH as usize {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the inactive-device sweep failed; it runs again later");
+                break;
+            }
+        }
+    }
+    unlinked
 }
 
 /// Runs every part of Parley on `listeners` until `shutdown` completes, then
@@ -161,9 +250,20 @@ pub async fn run(
         Some(journal) => {
             let (router_config, router_metrics) = (config.router.clone(), metrics.router.clone());
             let started = std::time::Instant::now();
+            // A journal of the one-device release is upgraded in place: its
+            // mailboxes were the users', and go to each user's device.
+            let devices = if parley_router::journal::needs_upgrade(&journal).context("journal")? {
+                store
+                    .primary_devices()
+                    .await
+                    .context("account database, for the journal upgrade")?
+            } else {
+                std::collections::HashMap::new()
+            };
             // Reads the whole journal: blocking, and before any traffic.
             let (router, restored) = tokio::task::spawn_blocking(move || {
-                MemoryRouter::open(router_config, router_metrics, &journal)
+                let device_of = |user: UserId| devices.get(&user).copied();
+                MemoryRouter::open(router_config, router_metrics, &journal, Some(&device_of))
             })
             .await
             .context("journal replay task")?
@@ -171,7 +271,9 @@ pub async fn run(
             tracing::info!(
                 messages = restored.messages,
                 receipts = restored.receipts,
+                entries = restored.entries,
                 sends = restored.sends,
+                upgraded = restored.upgraded.is_some(),
                 file_bytes = restored.file_bytes.1,
                 compacted_from = restored.file_bytes.0,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -198,6 +300,7 @@ pub async fn run(
         config.registration.clone(),
     );
     let registration_metrics = registration.metrics().clone();
+    let sweeper = registration.clone();
     metrics.add_registration(&registration_metrics);
     let metrics = Arc::new(metrics);
     let app = parley_registration::router(registration).route_layer(
@@ -256,6 +359,7 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let reload_task = tokio::spawn(reload_on_hangup(certificate, stopped(stop_rx.clone())));
+    let sweep_task = tokio::spawn(sweep_inactive_devices(sweeper, stopped(stop_rx.clone())));
     let tick_task = tokio::spawn(admin::tick(
         metrics,
         registration_metrics,
@@ -283,12 +387,13 @@ pub async fn run(
     tracing::info!("shutting down");
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let (gateway, http, tick, reload) =
-        tokio::join!(gateway_task, http_task, tick_task, reload_task);
+    let (gateway, http, tick, reload, sweep) =
+        tokio::join!(gateway_task, http_task, tick_task, reload_task, sweep_task);
     gateway.context("gateway task")?;
     http.context("https task")?;
     tick.context("metrics task")?;
     reload.context("certificate reload task")?;
+    sweep.context("inactive-device sweep task")?;
     // Sessions are closed: whatever they changed is written before exit.
     router.flush().await;
     drop(router);
@@ -336,5 +441,71 @@ async fn reload_on_hangup(certificate: Arc<tls::Certificate>, stop: impl Future<
     #[cfg(not(unix))]
     {
         let _ = (certificate, stop.await);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_registration::store::{LinkPolicy, Redemption};
+    use parley_registration::{IgnoreDeviceEvents, RegistrationConfig};
+
+    #[tokio::test]
+    async fn a_sweep_unlinks_linked_devices_unseen_for_the_configured_days() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("parley.db").display()
+        );
+        let store = AccountStore::connect(&url).await.expect("store");
+        let keys = Arc::new(TokenKeys::load_or_generate(&dir.path().join("keys")).expect("keys"));
+        let registration = RegistrationState::new(
+            store.clone(),
+            keys,
+            Arc::new(OutboxSms::new(dir.path().join("outbox.jsonl"))),
+            Arc::new(IgnoreDeviceEvents),
+            RegistrationConfig {
+                inactive_after: std::time::Duration::from_secs(7 * 24 * 3600),
+                ..RegistrationConfig::default()
+            },
+        );
+        let now = parley_registration::store::now_millis();
+        let account = store
+            .provision_many(&["+15550001111".to_owned()], now)
+            .await
+            .expect("account")
+            .remove(0);
+        let policy = LinkPolicy {
+            ttl: std::time::Duration::from_secs(600),
+            max_attempts: 3,
+            max_devices: 5,
+        };
+        let secret = [1u8; 32];
+        store
+            .create_link_code(
+                account.user,
+                account.device,
+                "AAAAAAAA",
+                &secret,
+                now,
+                &policy,
+            )
+            .await
+            .expect("code");
+        let Redemption::Linked(_) = store
+            .redeem_link_code("AAAAAAAA", &secret, "Laptop", now, 5)
+            .await
+            .expect("link")
+        else {
+            panic!("not linked");
+        };
+        const DAY: i64 = 24 * 3600 * 1000;
+        assert_eq!(sweep_once(&registration, now + 6 * DAY).await, 0);
+        assert_eq!(sweep_once(&registration, now + 8 * DAY).await, 1);
+        assert_eq!(
+            store.device_ids(account.user).await.expect("ids"),
+            [account.device]
+        );
+        assert_eq!(sweep_once(&registration, now + 8 * DAY).await, 0);
     }
 }

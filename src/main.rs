@@ -47,11 +47,18 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
-    if let Some(Command::Provision { count, first, out }) = &command {
-        let (count, first) = (*count, *first);
+    if let Some(Command::Provision {
+        count,
+        first,
+        devices,
+        out,
+    }) = &command
+    {
+        let (count, first, devices) = (*count, *first, *devices);
         return finish(runtime().and_then(|runtime| {
-            let written =
-                runtime.block_on(parley::provision::provision(&config, count, first, out))?;
+            let written = runtime.block_on(parley::provision::provision(
+                &config, count, first, devices, out,
+            ))?;
             println!("provisioned {written} accounts into {}", out.display());
             Ok(())
         }));

@@ -22,17 +22,31 @@ use crate::Config;
 /// Provisioned numbers are `+1999` followed by this many digits.
 const SUFFIX_DIGITS: u32 = 8;
 
+/// One credential line. With several devices per account, an account's
+/// lines are consecutive, its primary first.
 #[derive(Serialize)]
 struct Line<'a> {
     phone: &'a str,
     user_id: String,
     device_id: String,
+    primary: bool,
     token: String,
 }
 
-/// Creates (or re-registers) `count` accounts from suffix `first` and writes
-/// their credentials to `out`. Returns how many were written.
-pub async fn provision(config: &Config, count: u64, first: u64, out: &Path) -> anyhow::Result<u64> {
+/// Creates (or re-registers) `count` accounts from suffix `first`, each with
+/// `devices` devices (a primary and `devices - 1` linked ones), and writes
+/// their credentials to `out`, one line per device. Returns how many
+/// accounts were written.
+pub async fn provision(
+    config: &Config,
+    count: u64,
+    first: u64,
+    devices: usize,
+    out: &Path,
+) -> anyhow::Result<u64> {
+    if devices == 0 {
+        bail!("--devices must be at least 1");
+    }
     let end = first
         .checked_add(count)
         .context("--first + --count overflows")?;
@@ -52,24 +66,32 @@ pub async fn provision(config: &Config, count: u64, first: u64, out: &Path) -> a
         .await
         .context("creating accounts")?;
 
+    let users: Vec<u64> = registrations.iter().map(|r| r.user).collect();
+    let linked = if devices > 1 {
+        store
+            .provision_linked(&users, devices - 1, now_millis())
+            .await
+            .context("linking devices")?
+    } else {
+        vec![Vec::new(); users.len()]
+    };
     let mut file = std::io::BufWriter::new(private_file(out)?);
-    for (phone, r) in phones.iter().zip(&registrations) {
-        let token = keys
-            .issue(
-                r.user,
-                r.device,
-                r.generation,
-                config.registration.token_ttl,
-            )
-            .context("signing a token")?;
-        let line = Line {
-            phone,
-            user_id: r.user.to_string(),
-            device_id: r.device.to_string(),
-            token,
-        };
-        serde_json::to_writer(&mut file, &line)?;
-        file.write_all(b"\n")?;
+    for ((phone, r), linked) in phones.iter().zip(&registrations).zip(&linked) {
+        let all = std::iter::once((r.device, true)).chain(linked.iter().map(|d| (*d, false)));
+        for (device, primary) in all {
+            let token = keys
+                .issue(r.user, device, r.generation, config.registration.token_ttl)
+                .context("signing a token")?;
+            let line = Line {
+                phone,
+                user_id: r.user.to_string(),
+                device_id: device.to_string(),
+                primary,
+                token,
+            };
+            serde_json::to_writer(&mut file, &line)?;
+            file.write_all(b"\n")?;
+        }
     }
     file.flush()?;
     store.close().await;

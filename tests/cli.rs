@@ -902,16 +902,23 @@ async fn a_send_wait_timeout_says_where_the_receipts_go() {
     listen.args(["listen", "--read", "--exit-on-empty"]);
     let shown = success(&run(listen).await);
     assert!(shown.contains(&format!("{message_id} lunch?")), "{shown}");
+    // Receipts name the device of the recipient that made them.
+    let bob_device = ProfileDir::new(bob.profile_dir())
+        .load()
+        .expect("Bob's profile")
+        .device_id;
 
     let mut listen = alice.cli();
     listen.arg("listen");
     let mut listening = listen.spawn().expect("listen starts");
     let mut lines = Reader::new(listening.stdout.take().expect("stdout"));
     lines
-        .until(&format!("✓✓ delivered {message_id} by {bob_id}\n"))
+        .until(&format!(
+            "✓✓ delivered {message_id} by {bob_id}/{bob_device}\n"
+        ))
         .await;
     lines
-        .until(&format!("✓✓ read {message_id} by {bob_id}\n"))
+        .until(&format!("✓✓ read {message_id} by {bob_id}/{bob_device}\n"))
         .await;
 }
 
@@ -955,6 +962,10 @@ async fn receipts_only_count_from_the_recipient() {
     }
 
     // Bob really reads it.
+    let bob_device = ProfileDir::new(bob.profile_dir())
+        .load()
+        .expect("Bob's profile")
+        .device_id;
     let mut listen = bob.cli();
     listen.args(["listen", "--read", "--exit-on-empty"]);
     success(&run(listen).await);
@@ -964,7 +975,7 @@ async fn receipts_only_count_from_the_recipient() {
     let mut listening = listen.spawn().expect("listen starts");
     let mut lines = Reader::new(listening.stdout.take().expect("stdout"));
     let before = lines
-        .until(&format!("✓✓ read {message_id} by {bob_id}\n"))
+        .until(&format!("✓✓ read {message_id} by {bob_id}/{bob_device}\n"))
         .await;
     assert!(
         !before.contains(&format!("✓✓ read {message_id} by {}", mallory.user_id)),
@@ -975,7 +986,10 @@ async fn receipts_only_count_from_the_recipient() {
         "receipts for ids without a record are shown as before:\n{before}"
     );
     assert!(
-        before.contains(&format!("{} ", mallory.user_id)),
+        before.lines().any(|line| {
+            line.starts_with(&format!("{}/{} ", mallory.user_id, mallory.device_id))
+                && line.ends_with(" marker")
+        }),
         "the marker arrived:\n{before}"
     );
     // SIGTERM: `listen` closes cleanly, so every ack it sent is in.

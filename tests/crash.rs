@@ -1,10 +1,13 @@
 //! The crash test: a message acknowledged to its sender survives `kill -9`
 //! of the server, and is shown to its recipient exactly once, in order.
 //!
-//! Twenty phones, each one real client session over TLS, send to each other
-//! under a steady load (phone `i` to phones `i + 1` and `i + 10` of the ring,
-//! alternately; `client_msg_id` is a per-phone sequence number and the body
-//! says who sent which number). Each phone keeps a few sends pipelined, and
+//! Twelve users, eight of them with a second, linked device: twenty
+//! devices ("phones"), each one real client session over TLS, send to each
+//! other under a steady load (a device of user `u` to users `u + 1` and
+//! `u + 6` of the ring, alternately; `client_msg_id` is a per-device
+//! sequence number and the body says which device sent which number).
+//! Every message goes to every device of its recipient and, as a copy, to
+//! the sender's other device. Each phone keeps a few sends pipelined, and
 //! stores and acknowledges what it receives, de-duplicating by message id
 //! exactly as the protocol tells a phone app to. Now and then a phone goes
 //! offline for a moment, so that messages wait for it in the server's queue
@@ -16,10 +19,12 @@
 //!
 //! Then sends stop, the phones drain, and the test checks what the protocol
 //! promises (docs/protocol.md), whatever the moments of the kills:
-//! 1. every message acked to its sender was delivered to its recipient;
+//! 1. every message acked to its sender was delivered to every device of
+//!    its recipient and to the sender's other device;
 //! 2. none was shown twice: no (sender, sequence number) under two message
-//!    ids, and the id delivered is the id acked;
-//! 3. per sender, first deliveries come in the order of the sequence numbers.
+//!    ids on any device, and the id delivered is the id acked;
+//! 3. per sending device, first deliveries come to each device in the order
+//!    of the sequence numbers.
 //!
 //! It prints the seed of its kill schedule and the counts it checked. Run it
 //! with `cargo test --test crash -- --nocapture` to see them when it passes;
@@ -44,8 +49,32 @@ use parley_proto::v1::server_frame::Frame;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout_at};
 
-/// Phones in the test, each with one session that both sends and receives.
-const PHONES: usize = 20;
+/// Users in the test.
+const USERS: usize = 12;
+/// Users 0..LINKED have a second, linked device.
+const LINKED: usize = 8;
+/// Devices ("phones") in the test, each with one session that both sends
+/// and receives: devices 0..USERS are the users' primaries, devices
+/// USERS.. the linked ones of users 0..LINKED.
+const PHONES: usize = USERS + LINKED;
+
+/// The user a device belongs to.
+fn user_of(device: usize) -> usize {
+    if device < USERS {
+        device
+    } else {
+        device - USERS
+    }
+}
+
+/// The devices of a user.
+fn devices_of(user: usize) -> Vec<usize> {
+    let mut devices = vec![user];
+    if user < LINKED {
+        devices.push(USERS + user);
+    }
+    devices
+}
 /// Sends a phone keeps without a server ack at once (pipelined). Well under
 /// the server's de-duplication horizon (128), so every resend is recognised.
 const WINDOW: usize = 4;
@@ -144,17 +173,32 @@ async fn acked_messages_survive_kill_9_under_load() {
     }
     let mut server = TestServer::start_with(&flags);
     let mut credentials = Vec::with_capacity(PHONES);
-    for _ in 0..PHONES {
+    for _ in 0..USERS {
         credentials.push(server.register().await);
     }
+    let registration = server.registration();
+    for user in 0..LINKED {
+        let code = registration
+            .create_link_code(&credentials[user].token)
+            .await
+            .expect("a link code");
+        let linked = registration
+            .link(&code.code, "laptop")
+            .await
+            .expect("linked");
+        assert_eq!(linked.user_id, credentials[user].user_id);
+        credentials.push(linked);
+    }
+    let device_ids: Vec<u64> = credentials.iter().map(|c| c.device_id).collect();
     let identity = Identity::read(server.data_dir.path());
 
     let (gateway_tx, gateway_rx) = watch::channel(server.ws_url());
     let (phase_tx, phase_rx) = watch::channel(Phase::Load);
-    let users: Vec<u64> = credentials.iter().map(|c| c.user_id).collect();
+    let users: Vec<u64> = credentials[..USERS].iter().map(|c| c.user_id).collect();
     let world = Arc::new(World {
         ledger: Mutex::new(Ledger::new()),
         users,
+        device_ids,
         // The phones trust the certificate of the first start, as a phone
         // trusts the one it was given: a restart must not change it.
         tls: server.tls.clone(),
@@ -234,7 +278,7 @@ async fn acked_messages_survive_kill_9_under_load() {
     // Straight to the process's stderr, not through the test harness's
     // capture: the counts belong in every CI log, passing or not.
     let report = format!(
-        "crash test: {PHONES} phones, {KILLS} kills (kill -9) in {:.1} s of load, seed {seed}; \
+        "crash test: {USERS} users on {PHONES} devices, {KILLS} kills (kill -9) in {:.1} s of load, seed {seed}; \
          drain {} in {:.1} s\n{}\n",
         load_time.as_secs_f64(),
         if drained { "complete" } else { "gave up" },
@@ -266,8 +310,10 @@ async fn acked_messages_survive_kill_9_under_load() {
 #[derive(Debug)]
 struct World {
     ledger: Mutex<Ledger>,
-    /// Each phone's user id, by phone index.
+    /// Each user's id, by user index.
     users: Vec<u64>,
+    /// Each device's id, by device ("phone") index.
+    device_ids: Vec<u64>,
     tls: Arc<rustls::ClientConfig>,
     /// The server's current WebSocket URL: its port changes at every start.
     gateway: watch::Receiver<String>,
@@ -335,7 +381,6 @@ struct PhoneLog {
 /// A server ack, as the sender stored it.
 #[derive(Clone, Copy, Debug)]
 struct Acked {
-    to: usize,
     message_id: u64,
     /// When it arrived, from the start of the load.
     at: Duration,
@@ -346,7 +391,7 @@ struct Acked {
 struct Progress {
     acked: usize,
     delivered: usize,
-    /// Acked but not delivered (yet).
+    /// Device copies of acked messages not delivered (yet).
     missing: usize,
     /// Sent but not acked (yet).
     pending: usize,
@@ -380,25 +425,40 @@ impl Ledger {
             progress.acked += log.acked.len();
             progress.delivered += log.delivered.len();
             progress.pending += log.pending;
-            progress.missing += log
-                .acked
-                .iter()
-                .filter(|(seq, ack)| !self.phones[ack.to].delivered.contains_key(&(sender, **seq)))
-                .count();
+            for &seq in log.acked.keys() {
+                progress.missing += targets(sender, seq)
+                    .into_iter()
+                    .filter(|&to| !self.phones[to].delivered.contains_key(&(sender, seq)))
+                    .count();
+            }
         }
         progress
     }
 }
 
-/// Which phone message `seq` of `sender` goes to: alternately the next phone
-/// of the ring and the one opposite, so every phone hears from two senders
-/// and per-sender order is checked within an interleaved mailbox.
+/// Which user message `seq` of device `sender` goes to: alternately the
+/// next user of the ring and the one opposite, so every device hears from
+/// several senders and per-sender order is checked within an interleaved
+/// mailbox.
 fn recipient_of(sender: usize, seq: u64) -> usize {
+    let user = user_of(sender);
     if seq.is_multiple_of(2) {
-        (sender + 1) % PHONES
+        (user + 1) % USERS
     } else {
-        (sender + PHONES / 2) % PHONES
+        (user + USERS / 2) % USERS
     }
+}
+
+/// The devices message `seq` of device `sender` goes to: every device of
+/// its recipient, and a copy to the sender's other device.
+fn targets(sender: usize, seq: u64) -> Vec<usize> {
+    let mut targets = devices_of(recipient_of(sender, seq));
+    targets.extend(
+        devices_of(user_of(sender))
+            .into_iter()
+            .filter(|&device| device != sender),
+    );
+    targets
 }
 
 fn body(sender: usize, seq: u64) -> String {
@@ -647,7 +707,6 @@ async fn on_frame(
                     log.acked.insert(
                         seq,
                         Acked {
-                            to: recipient_of(me, seq),
                             message_id: ack.message_id,
                             at: world.epoch.elapsed(),
                         },
@@ -682,15 +741,22 @@ async fn on_frame(
                 let mut ledger = world.ledger();
                 match parse_body(&deliver.body) {
                     Some((sender, seq)) if sender < PHONES => {
-                        if world.users[sender] != deliver.from_user {
+                        let from = (world.users[user_of(sender)], world.device_ids[sender]);
+                        if (deliver.from_user, deliver.from_device) != from {
                             ledger.problem(format!(
-                                "phone {me}: message {sender}/{seq} claims to be from user {}, not {}",
-                                deliver.from_user, world.users[sender]
+                                "phone {me}: message {sender}/{seq} claims to be from {}/{}, not {}/{}",
+                                deliver.from_user, deliver.from_device, from.0, from.1
                             ));
                         }
-                        if recipient_of(sender, seq) != me {
+                        if deliver.to_user != world.users[recipient_of(sender, seq)] {
                             ledger.problem(format!(
-                                "phone {me}: got message {sender}/{seq}, which was sent to phone {}",
+                                "phone {me}: message {sender}/{seq} names {} as its recipient",
+                                deliver.to_user
+                            ));
+                        }
+                        if !targets(sender, seq).contains(&me) {
+                            ledger.problem(format!(
+                                "phone {me}: got message {sender}/{seq}, which went to user {}",
                                 recipient_of(sender, seq)
                             ));
                         }
@@ -726,7 +792,7 @@ async fn on_frame(
                 .insert(receipt.receipt_id);
             session.ack_receipts(vec![receipt.receipt_id]).await?;
         }
-        Frame::QueueEmpty(_) => {}
+        Frame::QueueEmpty(_) | Frame::ReadSync(_) => {}
         Frame::Error(error) => world.ledger().problem(format!(
             "phone {me}: Error frame {:?}: {}",
             error.code(),
@@ -769,21 +835,23 @@ fn check(ledger: &Ledger, kills_at: &[Duration]) -> Outcome {
         for (
             &seq,
             &Acked {
-                to,
                 message_id: acked_id,
                 at,
+                ..
             },
         ) in &log.acked
         {
-            match ledger.phones[to].delivered.get(&(sender, seq)) {
-                None => {
-                    lost.entry((sender, to)).or_default().push(seq);
-                    lost_by_kill[kills_at.partition_point(|&kill| kill < at)] += 1;
+            for device in targets(sender, seq) {
+                match ledger.phones[device].delivered.get(&(sender, seq)) {
+                    None => {
+                        lost.entry((sender, device)).or_default().push(seq);
+                        lost_by_kill[kills_at.partition_point(|&kill| kill < at)] += 1;
+                    }
+                    Some(&id) if id != acked_id => wrong_id.push(format!(
+                        "message {sender}/{seq} was acked as id {acked_id} but delivered to phone {device} as id {id}"
+                    )),
+                    Some(_) => delivered_acked += 1,
                 }
-                Some(&id) if id != acked_id => wrong_id.push(format!(
-                    "message {sender}/{seq} was acked as id {acked_id} but delivered as id {id}"
-                )),
-                Some(_) => delivered_acked += 1,
             }
         }
     }
@@ -801,10 +869,11 @@ fn check(ledger: &Ledger, kills_at: &[Duration]) -> Outcome {
             })
             .collect();
         let mut text = format!(
-            "LOST: {lost_count} messages were acked to their sender but never delivered; \
-             by the kill that followed their ack: {}.\n\
-             Sender → recipient: sequence numbers (a phone sends its even numbers to the \
-             next phone and its odd ones to the phone opposite, so 8..=14 is 8, 10, 12, 14):",
+            "LOST: {lost_count} device copies of messages acked to their sender were never \
+             delivered; by the kill that followed their ack: {}.\n\
+             Sending device → receiving device: sequence numbers (a device sends its even \
+             numbers to the next user and its odd ones to the user opposite, so 8..=14 is \
+             8, 10, 12, 14):",
             by_kill.join(", ")
         );
         for ((sender, to), seqs) in lost.iter().take(MAX_LISTED_PAIRS) {
@@ -928,8 +997,8 @@ fn check(ledger: &Ledger, kills_at: &[Duration]) -> Outcome {
          sessions lost to a kill:                  {}\n  \
          offline periods (phone dropped its link): {}\n  \
          acked to their sender (one checkmark):    {acked}\n  \
-         delivered, unique (sender, seq):          {delivered}\n  \
-         acked and delivered with the acked id:    {delivered_acked}\n  \
+         device copies delivered, unique:          {delivered}\n  \
+         device copies delivered with the acked id: {delivered_acked}\n  \
          redeliveries de-duplicated by the client: {}\n  \
          resends answered with the original ack:   {}\n  \
          receipts received:                        {}\n  \

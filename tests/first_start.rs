@@ -357,7 +357,17 @@ const LABELLED: &[(&str, &str, &[&str])] = &[
     (
         "parley_registration_rate_limited_total",
         "limiter",
-        &["codes_per_ip", "verifies_per_ip"],
+        &["codes_per_ip", "verifies_per_ip", "links_per_ip"],
+    ),
+    (
+        "parley_registration_link_failures_total",
+        "code",
+        &["LINK_CODE_INVALID", "DEVICE_LIMIT", "INVALID_REQUEST"],
+    ),
+    (
+        "parley_registration_devices_unlinked_total",
+        "reason",
+        &["user", "inactive"],
     ),
 ];
 
@@ -381,6 +391,11 @@ async fn every_labelled_series_is_in_the_first_scrape_at_zero() {
         ("/v1/registration/code", &[202, 429, 502, 503][..]),
         ("/v1/registration/verify", &[200, 401, 404, 410]),
         ("/v1/contacts/lookup", &[200, 401, 429]),
+        ("/v1/devices/link-code", &[201, 403, 409]),
+        ("/v1/devices/link", &[200, 404, 409, 429]),
+        ("/v1/devices", &[200, 401]),
+        ("/v1/devices/{device_id}", &[204, 403, 404, 409]),
+        ("/v1/users/{user_id}/devices", &[200, 404]),
     ] {
         for status in statuses {
             zero(format!(

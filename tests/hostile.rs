@@ -1102,6 +1102,7 @@ async fn frames_at_the_size_limit() {
             client_msg_id: 2,
             to_user: peer.user_id,
             body: vec![b'x'; body_len].into(),
+            ..parley_proto::v1::Send::default()
         })
     };
     // Tags and lengths: oneof 1 + 3, client_msg_id 1 + 1, to_user 1 + 8,

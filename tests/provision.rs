@@ -62,3 +62,56 @@ async fn provisioned_accounts_connect_and_talk() {
         .expect("lookup");
     assert_eq!(found.len(), 1);
 }
+
+#[derive(serde::Deserialize)]
+struct DeviceLine {
+    user_id: String,
+    device_id: String,
+    primary: bool,
+    token: String,
+}
+
+#[tokio::test]
+async fn provisioned_accounts_can_have_linked_devices_that_all_receive() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let out = data_dir.path().join("users.jsonl");
+    let status = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(["provision", "--count", "2", "--devices", "3", "--out"])
+        .arg(&out)
+        .status()
+        .expect("parley provision runs");
+    assert!(status.success());
+    let lines: Vec<DeviceLine> = std::fs::read_to_string(&out)
+        .expect("credentials written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    // Two accounts of three devices, each account's lines together, its
+    // primary first.
+    assert_eq!(lines.len(), 6);
+    for account in lines.chunks(3) {
+        assert!(account[0].primary && !account[1].primary && !account[2].primary);
+        assert!(account.iter().all(|l| l.user_id == account[0].user_id));
+    }
+    let server = TestServer::start_in(data_dir, &[]);
+    let credential = |l: &DeviceLine| parley_client::Credential {
+        user_id: l.user_id.parse().expect("decimal id"),
+        device_id: l.device_id.parse().expect("decimal id"),
+        token: l.token.clone(),
+    };
+    let mut sessions = Vec::new();
+    for line in &lines {
+        let mut session = server.connect(&credential(line)).await;
+        until(&mut session, |f| matches!(f, Frame::QueueEmpty(_))).await;
+        sessions.push(session);
+    }
+    let to = credential(&lines[3]).user_id;
+    sessions[0].send(1, to, "to all three").await.expect("send");
+    assert!(matches!(next(&mut sessions[0]).await, Frame::Ack(_)));
+    // The recipient's three devices, and the sender's two others.
+    for session in &mut sessions[1..] {
+        assert!(matches!(next(session).await, Frame::Deliver(_)));
+    }
+}

@@ -380,6 +380,7 @@ mod tests {
                     client_msg_id: cmid,
                     to_user: to,
                     body: body.into(),
+                    ..Send::default()
                 })),
             }
             .encode_to_vec();

@@ -92,6 +92,11 @@ impl Common {
     }
 
     fn creds(&self, users: usize) -> anyhow::Result<Creds> {
+        self.creds_of(users, 1)
+    }
+
+    /// Credentials for `users` sessions, accounts of `devices` devices.
+    fn creds_of(&self, users: usize, devices: usize) -> anyhow::Result<Creds> {
         if let Some(tokens) = &self.tokens {
             let have = users::count(tokens);
             if have < users {
@@ -111,11 +116,23 @@ impl Common {
             .parley_bin
             .clone()
             .unwrap_or_else(users::default_parley_bin);
-        let tokens = users::ensure_provisioned(&parley, dir, users, self.fresh_users)?;
+        let tokens = users::ensure_provisioned(&parley, dir, users, devices, self.fresh_users)?;
         Ok(Creds {
             tokens: Some(tokens),
             ca: self.ca.clone().unwrap_or_else(|| dir.join("tls/cert.pem")),
         })
+    }
+
+    /// The server's CPU time so far (user and system), in seconds.
+    fn cpu_secs(&self) -> Option<f64> {
+        let pid = self.server_pid?;
+        match crate::procfs::cpu_secs(pid) {
+            Ok(secs) => Some(secs),
+            Err(e) => {
+                eprintln!("cannot read the server's CPU time: {e:#}");
+                None
+            }
+        }
     }
 
     fn rss(&self) -> Option<u64> {
@@ -370,9 +387,15 @@ fn login_result_figures(report: &Report, secs: f64) -> Vec<Figure> {
 pub struct ChatArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Online pairs (2 sessions each); each sender sends to its partner.
+    /// Online pairs of users; each sender sends to its partner.
     #[arg(long, default_value_t = 1000)]
     pub pairs: usize,
+    /// Devices per user, all online: the sender's first device sends, and
+    /// each message goes to every device of the partner and, as a copy, to
+    /// the sender's other devices (each acks on its own). Sessions: pairs ×
+    /// 2 × devices.
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
     /// Total messages per second over all senders (first step with --find-max).
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
@@ -408,8 +431,14 @@ impl ChatArgs {
         let mut p = Vec::new();
         check_secs(&mut p, "--duration", self.duration);
         check_secs(&mut p, "--drain", self.drain);
-        if !(1..=MAX_SESSIONS / 2).contains(&self.pairs) {
-            p.push(format!("--pairs must be 1..={}", MAX_SESSIONS / 2));
+        if !(1..=5).contains(&self.devices) {
+            p.push("--devices must be 1..=5".into());
+        }
+        if !(1..=MAX_SESSIONS / (2 * self.devices.max(1))).contains(&self.pairs) {
+            p.push(format!(
+                "--pairs must be 1..={} (sessions: pairs × 2 × devices)",
+                MAX_SESSIONS / (2 * self.devices.max(1))
+            ));
         }
         if !(self.rate > 0.0 && self.rate <= 10_000_000.0) {
             p.push("--rate must be in (0, 10,000,000]".into());
@@ -430,7 +459,7 @@ impl ChatArgs {
 pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
     check(&a.common, a.problems())?;
     let c = &a.common;
-    let creds = c.creds(a.pairs * 2)?;
+    let creds = c.creds_of(a.pairs * 2 * a.devices, a.devices)?;
     if !a.find_max {
         let report = chat_run(c, &creds, &a, a.rate).await?;
         let mut result =
@@ -483,31 +512,43 @@ pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
     c.finish(result)
 }
 
-/// One chat run at `rate`: connect the pairs, send, drain, report.
+/// One chat run at `rate`: connect the pairs, send, drain, report. With
+/// `--server-pid`, the server's CPU time over the run (from the go to the
+/// last report) is in `extra.server_cpu_secs`.
 async fn chat_run(c: &Common, creds: &Creds, a: &ChatArgs, rate: f64) -> anyhow::Result<Report> {
+    let per_pair = 2 * a.devices;
     let workers = c
         .workers
-        .max((a.pairs * 2).div_ceil(MAX_SESSIONS_PER_WORKER))
+        .max((a.pairs * per_pair).div_ceil(MAX_SESSIONS_PER_WORKER))
         .min(a.pairs);
     // Pairs never straddle workers: a worker's users are whole pairs.
     let pair_ranges = split(a.pairs, workers);
-    let ranges: Vec<_> = pair_ranges.iter().map(|r| r.start * 2..r.end * 2).collect();
+    let ranges: Vec<_> = pair_ranges
+        .iter()
+        .map(|r| r.start * per_pair..r.end * per_pair)
+        .collect();
     let specs = c.specs(creds, ranges, |i| Job::Chat {
         rate: rate * pair_ranges[i].len() as f64 / a.pairs as f64,
         secs: a.duration,
         body_len: a.body,
         window: a.window,
         drain_secs: a.drain,
+        devices: a.devices,
         echo: false,
     });
     let mut fleet = Fleet::spawn(&specs).await?;
     fleet
-        .ready(Duration::from_secs(120 + a.pairs as u64 / 25))
+        .ready(Duration::from_secs(120 + (a.pairs * a.devices) as u64 / 25))
         .await?;
+    let cpu_before = c.cpu_secs();
     fleet.go(GO_LEAD).await?;
-    fleet
+    let mut report = fleet
         .reports(Duration::from_secs_f64(a.duration + a.drain + 120.0))
-        .await
+        .await?;
+    if let (Some(before), Some(after)) = (cpu_before, c.cpu_secs()) {
+        report.server_cpu_secs = Some(after - before);
+    }
+    Ok(report)
 }
 
 /// Receipts (or echoes) per second from second 0 to the last one (at
@@ -535,7 +576,27 @@ fn chat_figures(report: &Report, a: &ChatArgs, rate: f64, latency_goals: bool) -
         Figure::new("lost", lost as f64, "msg").goal(Op::AtMost, 0.0),
         Figure::new("duplicates", dups as f64, "msg").goal(Op::AtMost, 0.0),
         Figure::new("send_errors", k.send_errors as f64, "msg").goal(Op::AtMost, 0.0),
+        // Every device copy delivered: the partner's devices and the
+        // sender's others (with one device per user, one per message).
+        Figure::new("copies_delivered", k.delivered as f64, "copy"),
     ];
+    if let Some(cpu) = report.server_cpu_secs {
+        f.push(Figure::new("server_cpu_secs", cpu, "s"));
+        if k.receipts > 0 {
+            f.push(Figure::new(
+                "server_cpu_us_per_msg",
+                cpu * 1e6 / k.receipts as f64,
+                "µs",
+            ));
+        }
+        if k.delivered > 0 {
+            f.push(Figure::new(
+                "server_cpu_us_per_copy",
+                cpu * 1e6 / k.delivered as f64,
+                "µs",
+            ));
+        }
+    }
     let (p50, p99, p999) = (ms(l.p50_us), ms(l.p99_us), ms(l.p999_us));
     if latency_goals {
         f.push(Figure::new("p50_ms", p50, "ms").goal(Op::AtMost, 0.5));
@@ -777,6 +838,7 @@ async fn floor_phases(
         let ranges = split(a.echo_sessions, c.workers);
         let n = a.echo_sessions as f64;
         let specs = c.specs(creds, ranges.clone(), |i| Job::Chat {
+            devices: 1,
             rate: a.rate * ranges[i].len() as f64 / n,
             secs: a.duration,
             body_len: a.body,

@@ -345,6 +345,9 @@ pub struct Report {
     pub counters: Counters,
     pub hists: Hists,
     pub series: Series,
+    /// The server's CPU time over the run, when the coordinator could read
+    /// it (`--server-pid`); workers leave it empty.
+    pub server_cpu_secs: Option<f64>,
 }
 
 impl Report {

@@ -80,24 +80,42 @@ pub fn count(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Makes sure `<data_dir>/bench-users.jsonl` holds at least `n` users,
-/// running `parley --data-dir DIR provision --count n --out FILE` when it
-/// does not (or when `fresh`). Returns the file.
+/// Makes sure `<data_dir>/bench-users.jsonl` (`bench-users-d<D>.jsonl` for
+/// `devices` D > 1) holds at least `n` credential lines, running `parley
+/// --data-dir DIR provision --count n/D --devices D --out FILE` when it does
+/// not (or when `fresh`). Returns the file. With several devices, an
+/// account's lines are consecutive, its primary first.
 pub fn ensure_provisioned(
     parley: &Path,
     data_dir: &Path,
     n: usize,
+    devices: usize,
     fresh: bool,
 ) -> anyhow::Result<PathBuf> {
-    let out = data_dir.join("bench-users.jsonl");
+    let out = match devices {
+        1 => data_dir.join("bench-users.jsonl"),
+        d => data_dir.join(format!("bench-users-d{d}.jsonl")),
+    };
     if !fresh && count(&out) >= n {
         return Ok(out);
     }
-    eprintln!("provisioning {n} users with {}", parley.display());
-    let status = Command::new(parley)
+    let accounts = n.div_ceil(devices.max(1));
+    eprintln!(
+        "provisioning {accounts} accounts of {devices} devices with {}",
+        parley.display()
+    );
+    let mut command = Command::new(parley);
+    command
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["provision", "--count", &n.to_string(), "--out"])
+        .args(["provision", "--count", &accounts.to_string()]);
+    // Only when needed, so that a release from before `--devices` can be
+    // provisioned (and measured) by this generator too.
+    if devices > 1 {
+        command.args(["--devices", &devices.to_string()]);
+    }
+    let status = command
+        .arg("--out")
         .arg(&out)
         .status()
         .with_context(|| format!("cannot run {}", parley.display()))?;

@@ -71,6 +71,9 @@ pub enum Job {
         body_len: usize,
         window: usize,
         drain_secs: f64,
+        /// Devices per user (the users' lines come in groups of this many).
+        #[serde(default = "one")]
+        devices: usize,
         echo: bool,
     },
     /// The first `senders` users queue `messages` for the other (offline)
@@ -308,6 +311,11 @@ pub fn split(n: usize, min_workers: usize) -> Vec<Range<usize>> {
         start += len;
     }
     ranges
+}
+
+/// The serde default of `Job::Chat::devices` (a spec from before it).
+fn one() -> usize {
+    1
 }
 
 #[cfg(test)]

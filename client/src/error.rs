@@ -92,8 +92,9 @@ pub enum CredentialRefusal {
     Invalid,
     /// `TOKEN_EXPIRED`: its lifetime is over.
     Expired,
-    /// `TOKEN_REVOKED` (`REVOKED` on older HTTPS APIs, close code 4002 in a
-    /// session): the number was registered again, or the device removed.
+    /// `TOKEN_REVOKED` (`REVOKED` on older HTTPS APIs; close code 4002, or
+    /// 4005 for an unlinked device, in a session): the number was
+    /// registered again, or the device was removed from its account.
     Revoked,
     /// A 401 whose body named no code this client knows.
     Unspecified,
@@ -118,7 +119,8 @@ impl CredentialRefusal {
 impl ClientError {
     /// Whether (and why) this error is the server refusing the device's
     /// credential, wherever it was refused: the upgrade (`Rejected`), an API
-    /// call (`Api`), or a live session closed with 4002.
+    /// call (`Api`), or a live session closed with 4002 (revoked) or 4005
+    /// (unlinked).
     pub fn credential_refusal(&self) -> Option<CredentialRefusal> {
         match self {
             ClientError::Rejected { status: 401, code } => Some(
@@ -129,7 +131,9 @@ impl ClientError {
             ClientError::Api {
                 status: 401, code, ..
             } => CredentialRefusal::from_code(code),
-            ClientError::Closed { code, .. } if *code == close::REVOKED => {
+            ClientError::Closed { code, .. }
+                if *code == close::REVOKED || *code == close::UNLINKED =>
+            {
                 Some(CredentialRefusal::Revoked)
             }
             _ => None,
@@ -319,6 +323,11 @@ mod tests {
             reason: String::new(),
         };
         assert_eq!(closed.credential_refusal(), Some(Revoked));
+        let unlinked = ClientError::Closed {
+            code: close::UNLINKED,
+            reason: String::new(),
+        };
+        assert_eq!(unlinked.credential_refusal(), Some(Revoked));
         let forbidden = ClientError::Rejected {
             status: 403,
             code: None,

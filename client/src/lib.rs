@@ -7,19 +7,24 @@
 //!
 //! Modules:
 //! - [`tls`]: a rustls client configuration trusting the server's PEM.
-//! - [`registration`]: the HTTPS registration and contact-lookup API.
+//! - [`registration`]: the HTTPS API: registration, contact lookup, and an
+//!   account's devices (link, list, unlink).
 //! - [`session`]: one authenticated WebSocket session with the gateway.
+//! - [`devices`]: which devices a message goes to, for sends with one
+//!   envelope per device, and fixing that list after `DEVICES_CHANGED`.
 //! - [`phone`]: phone numbers as people write them, made E.164.
-//! - [`receipts`]: which receipts to believe (only the recipient's), and
-//!   receipts that arrive before their message's ack.
+//! - [`receipts`]: which receipts to believe (only the recipient's, from
+//!   any of its devices; also for copies of messages this account sent from
+//!   its other devices), and receipts that arrive before their message's ack.
 //! - [`profile`]: the CLI's local state (credential, id counter, seen ids,
-//!   sent messages), and where profiles live.
+//!   sent messages, known device lists), and where profiles live.
 //! - [`error`]: [`ClientError`], the error of everything above but profiles.
 //! - [`cli`]: the `parley-cli` commands (the binary is a thin wrapper).
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod devices;
 pub mod error;
 pub mod phone;
 pub mod profile;
@@ -28,9 +33,10 @@ pub mod registration;
 pub mod session;
 pub mod tls;
 
+pub use devices::{DevicesChanged, Fanout, FanoutError, devices_changed};
 pub use error::{ClientError, CredentialRefusal};
 pub use parley_proto as proto;
-pub use registration::{CodeRequested, Contact, Credential, Registration};
+pub use registration::{CodeRequested, Contact, Credential, DeviceInfo, LinkCode, Registration};
 pub use session::{ConnectOptions, Session};
 pub use tls::{tls_config_from_file, tls_config_from_pem};
 /// Re-exported so callers of [`Session::send_raw`] use the same version.

@@ -14,7 +14,11 @@
 //! - `sent.json`: the recipient of each of the last
 //!   [`SENT_CAPACITY`](crate::receipts::SENT_CAPACITY) messages sent, so a
 //!   receipt is believed only from the user its message went to
-//!   ([`crate::receipts`]).
+//!   ([`crate::receipts`]). Copies of messages this account sent from its
+//!   other devices are recorded too.
+//! - `devices.json`: the device lists of the last [`KNOWN_DEVICES_CAPACITY`]
+//!   users this profile sent to with one envelope per device, and its own
+//!   account's ([`KnownDevices`]), kept until the server says one is stale.
 //!
 //! The folder is mode 0700 and the files 0600: the token is a bearer secret.
 //! Writes go to a temporary file that is renamed over the old one, so a crash
@@ -36,6 +40,10 @@ use crate::receipts::SentMessages;
 pub const PROFILE_FILE: &str = "profile.json";
 pub const SEEN_FILE: &str = "seen.json";
 pub const SENT_FILE: &str = "sent.json";
+pub const DEVICES_FILE: &str = "devices.json";
+/// How many users' device lists `devices.json` keeps: a list is a handful
+/// of ids, and a stale or forgotten one costs one extra round trip.
+pub const KNOWN_DEVICES_CAPACITY: usize = 256;
 const LOCK_FILE: &str = "profile.lock";
 /// The profile used when neither `--profile` nor `--profile-dir` is given.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -98,11 +106,19 @@ pub struct Profile {
     pub ws: String,
     /// The PEM file the client trusts (absolute, so any working directory works).
     pub ca: PathBuf,
+    /// The number it registered with; empty for a linked device, which
+    /// never knew it.
     pub phone: String,
     pub user_id: u64,
     pub device_id: u64,
     /// Bearer token; secret.
     pub token: String,
+    /// A device linked to its account with a code from the primary
+    /// (`link-accept`), not registered by SMS: when its credential stops
+    /// working, it is linked again rather than registered. Absent (false)
+    /// in profiles written before devices could be linked.
+    #[serde(default)]
+    pub linked: bool,
     /// The next `client_msg_id` to use. Ids must never repeat for a device
     /// (the server answers a repeat with the first message's ack and drops
     /// the new one), so this is saved before the id is used. Starts at 1.
@@ -120,6 +136,7 @@ impl fmt::Debug for Profile {
             .field("user_id", &self.user_id)
             .field("device_id", &self.device_id)
             .field("token", &"<redacted>")
+            .field("linked", &self.linked)
             .field("next_client_msg_id", &self.next_client_msg_id)
             .finish()
     }
@@ -327,6 +344,26 @@ impl ProfileDir {
         write_json(&self.dir.join(SENT_FILE), &sent)
     }
 
+    /// Loads `devices.json`, or an empty record if there is none yet.
+    pub fn load_known_devices(&self) -> Result<KnownDevices, ProfileError> {
+        let known: Option<KnownDevices> = read_json(&self.dir.join(DEVICES_FILE))?;
+        let mut known = known.unwrap_or_default();
+        known.trim();
+        Ok(known)
+    }
+
+    /// Changes `devices.json` with `change`, under the profile lock (two
+    /// commands may learn lists at once).
+    pub fn update_known_devices(
+        &self,
+        change: impl FnOnce(&mut KnownDevices),
+    ) -> Result<(), ProfileError> {
+        let _lock = self.lock()?;
+        let mut known = self.load_known_devices()?;
+        change(&mut known);
+        write_json(&self.dir.join(DEVICES_FILE), &known)
+    }
+
     /// Creates the folder (and its parents) mode 0700, and takes group and
     /// other permissions off it if it already existed with them: it holds
     /// a bearer token.
@@ -414,6 +451,48 @@ struct LockFile {
 impl Drop for LockFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Device lists by user, as this profile last learned them: from the
+/// server's list (`GET /v1/users/{id}/devices`, `GET /v1/devices`), or fixed
+/// from a `DEVICES_CHANGED`. The most recently set last; at most
+/// [`KNOWN_DEVICES_CAPACITY`] users, the least recently set forgotten first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownDevices {
+    /// `(user_id, device ids)`.
+    users: VecDeque<(u64, Vec<u64>)>,
+}
+
+impl KnownDevices {
+    /// The devices of `user`, if known.
+    pub fn get(&self, user: u64) -> Option<&[u64]> {
+        self.users
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, devices)| devices.as_slice())
+    }
+
+    /// Records `devices` as `user`'s.
+    pub fn set(&mut self, user: u64, devices: Vec<u64>) {
+        self.users.retain(|(u, _)| *u != user);
+        if self.users.len() >= KNOWN_DEVICES_CAPACITY {
+            self.users.pop_front();
+        }
+        self.users.push_back((user, devices));
+    }
+
+    /// `device` is no longer one of `user`'s.
+    pub fn remove_device(&mut self, user: u64, device: u64) {
+        if let Some((_, devices)) = self.users.iter_mut().find(|(u, _)| *u == user) {
+            devices.retain(|d| *d != device);
+        }
+    }
+
+    fn trim(&mut self) {
+        while self.users.len() > KNOWN_DEVICES_CAPACITY {
+            self.users.pop_front();
+        }
     }
 }
 
@@ -521,6 +600,7 @@ mod tests {
             user_id: 42,
             device_id: 7,
             token: "header.payload.signature".into(),
+            linked: false,
             next_client_msg_id: 1,
         }
     }
@@ -725,6 +805,52 @@ mod tests {
             dir.take_client_msg_id(),
             Err(ProfileError::Locked(_))
         ));
+    }
+
+    #[test]
+    fn profiles_from_before_linking_load_as_primary_devices() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut json = serde_json::to_value(profile()).expect("json");
+        json.as_object_mut().expect("object").remove("linked");
+        fs::write(
+            tmp.path().join(PROFILE_FILE),
+            serde_json::to_vec(&json).expect("bytes"),
+        )
+        .expect("write");
+        let loaded = ProfileDir::new(tmp.path())
+            .load()
+            .expect("old profile loads");
+        assert!(!loaded.linked);
+        assert_eq!(loaded, profile());
+    }
+
+    #[test]
+    fn known_devices_persist_are_bounded_and_forget_the_oldest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ProfileDir::new(tmp.path());
+        assert_eq!(dir.load_known_devices().expect("empty").get(2), None);
+        dir.update_known_devices(|known| {
+            known.set(2, vec![20, 21]);
+            known.set(1, vec![10]);
+        })
+        .expect("update");
+        dir.update_known_devices(|known| known.remove_device(2, 20))
+            .expect("update");
+        let known = dir.load_known_devices().expect("load");
+        assert_eq!(known.get(2), Some(&[21][..]));
+        assert_eq!(known.get(1), Some(&[10][..]));
+
+        let mut known = KnownDevices::default();
+        for user in 0..KNOWN_DEVICES_CAPACITY as u64 + 2 {
+            known.set(user, vec![user]);
+        }
+        assert_eq!(known.get(0), None);
+        assert_eq!(known.get(2), Some(&[2][..]));
+        // Setting a user again makes it the newest.
+        known.set(2, vec![3]);
+        known.set(10_000, vec![1]);
+        assert_eq!(known.get(2), Some(&[3][..]));
+        assert_eq!(known.get(3), None);
     }
 
     #[test]

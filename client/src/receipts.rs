@@ -19,6 +19,20 @@
 //!   lost if the session ends) until the acks it may be waiting for have
 //!   arrived.
 //!
+//! With several devices per user, two more facts:
+//!
+//! - **Receipts come from every device of the recipient** (one DELIVERED
+//!   per device that stored the message, READ from the one that read it),
+//!   each naming its `from_device`; they are all the recipient's, and
+//!   believed alike.
+//! - **Receipts go to every device of the sender**, also to those that did
+//!   not send the message. Those devices got a copy of it (a `Deliver`
+//!   whose `from_user` is their own user, [`copy_recipient`]) which says who
+//!   it went to: [`ReceiptTracker::copied`] (or [`SentMessages::insert`])
+//!   records that like an ack, so the copy's receipts are checked by the
+//!   same rule. A device's queue is delivered in order, so the copy comes
+//!   before its receipts.
+//!
 //! Ids this device has no record of at all (sent before it kept records, or
 //! forgotten after [`SENT_CAPACITY`] newer sends) are reported as
 //! [`CheckedReceipt::unknown`]: what to do with them is the app's policy.
@@ -26,7 +40,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use parley_proto::v1::{Receipt, ServerAck};
+use parley_proto::v1::{Deliver, Receipt, ServerAck};
 use serde::{Deserialize, Serialize};
 
 /// How many sent messages [`SentMessages`] remembers: receipts usually come
@@ -88,6 +102,19 @@ impl SentMessages {
             self.messages.pop_front();
         }
     }
+}
+
+/// Who a copy of this account's own message went to: `Some(to_user)` when
+/// `deliver` is one (its `from_user` is `own_user`: sent from another device
+/// of the account, or a message to oneself), `None` for a message from
+/// someone else. A server that predates several devices leaves `to_user`
+/// unset; its only such messages were to oneself.
+pub fn copy_recipient(deliver: &Deliver, own_user: u64) -> Option<u64> {
+    (deliver.from_user == own_user).then_some(if deliver.to_user == 0 {
+        own_user
+    } else {
+        deliver.to_user
+    })
 }
 
 /// A receipt with its message ids sorted by what this device knows of them.
@@ -185,6 +212,15 @@ impl ReceiptTracker {
         self.release()
     }
 
+    /// A copy of this account's message `message_id` to `to_user`, sent by
+    /// another of its devices ([`copy_recipient`]): its receipts come to this
+    /// device too, and are believed from `to_user`. Returns the held
+    /// receipts this decides.
+    pub fn copied(&mut self, message_id: u64, to_user: u64) -> Vec<CheckedReceipt> {
+        self.sent.insert(message_id, to_user);
+        self.release()
+    }
+
     /// The `SendError` of a send: nothing was stored, so no ack will come.
     pub fn refused(&mut self, client_msg_id: u64) -> Vec<CheckedReceipt> {
         self.awaiting.remove(&client_msg_id);
@@ -254,6 +290,7 @@ mod tests {
             from_user,
             message_ids: message_ids.to_vec(),
             timestamp_ms: 0,
+            ..Receipt::default()
         }
     }
 
@@ -368,30 +405,117 @@ mod tests {
         assert_eq!(tracker.sent().recipient(500), None);
     }
 
+    fn from_device(mut r: Receipt, device: u64) -> Receipt {
+        r.from_device = device;
+        r
+    }
+
+    #[test]
+    fn every_device_of_the_recipient_is_believed() {
+        let mut tracker = ReceiptTracker::default();
+        tracker.sending(7, BOB);
+        let decided = tracker.acked(&ack(7, 500));
+        assert!(decided.is_empty());
+        for (receipt_id, device) in [(1, 20), (2, 21)] {
+            let decided = tracker.receipt(from_device(receipt(receipt_id, BOB, &[500]), device));
+            assert_eq!(decided[0].accepted, [500], "device {device}");
+            assert_eq!(decided[0].receipt.from_device, device);
+        }
+        // Another user's device is not Bob's, whatever device it names.
+        let forged = tracker.receipt(from_device(receipt(3, MALLORY, &[500]), 20));
+        assert_eq!(forged[0].rejected, [500]);
+    }
+
+    #[test]
+    fn a_copy_makes_its_receipts_believable_on_the_other_devices() {
+        // Alice's laptop did not send message 600; her phone did, to Bob.
+        let mut laptop = ReceiptTracker::default();
+        let copy = Deliver {
+            message_id: 600,
+            from_user: ALICE,
+            from_device: 10,
+            to_user: BOB,
+            ..Deliver::default()
+        };
+        assert_eq!(copy_recipient(&copy, ALICE), Some(BOB));
+        assert_eq!(copy_recipient(&copy, BOB), None, "from Alice, to Bob");
+        let old_server_note_to_self = Deliver {
+            to_user: 0,
+            ..copy.clone()
+        };
+        assert_eq!(copy_recipient(&old_server_note_to_self, ALICE), Some(ALICE));
+
+        assert!(laptop.copied(600, BOB).is_empty());
+        let bobs = laptop.receipt(receipt(1, BOB, &[600]));
+        assert_eq!(bobs[0].accepted, [600]);
+        // A receipt from Alice's own device about her message to Bob (her
+        // phone stored its copy) is not Bob's: not believed.
+        let own = laptop.receipt(receipt(2, ALICE, &[600]));
+        assert_eq!(own[0].rejected, [600]);
+        // Without the copy, the receipt is unknown, as before.
+        let mut fresh = ReceiptTracker::default();
+        assert_eq!(fresh.receipt(receipt(3, BOB, &[600]))[0].unknown, [600]);
+    }
+
+    #[test]
+    fn a_copy_releases_a_held_receipt_it_decides() {
+        let mut tracker = ReceiptTracker::default();
+        tracker.sending(7, BOB);
+        // Held: a send is awaited, and 600 is unknown.
+        assert!(tracker.receipt(receipt(1, BOB, &[600])).is_empty());
+        let decided = tracker.copied(600, BOB);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].accepted, [600]);
+        assert_eq!(tracker.held(), 0);
+    }
+
     /// One event of a session, for the property below.
     #[derive(Clone, Debug)]
     enum Event {
-        /// The ack of send `i`.
+        /// The ack of send `i` (this device sent message `1000 + i`).
         Ack(usize),
-        /// A receipt from `from` about message `i`.
-        Receipt { i: usize, from: u64 },
+        /// The copy of message `2000 + j`, sent by another device of Alice.
+        Copy(usize),
+        /// A receipt from `device` of `from` about message `id`.
+        Receipt { id: u64, from: u64, device: u64 },
     }
 
     proptest! {
         /// Whatever the order of acks and receipts (receipts before or after
-        /// the ack of their message), every receipt is decided exactly once
-        /// by the time every ack has arrived, an id is accepted exactly when
-        /// the receipt comes from the message's recipient, and the hold
-        /// never exceeds its bound.
+        /// the ack of their message), and with copies of messages sent by
+        /// Alice's other devices among them (each before its receipts, as a
+        /// device's queue is delivered in order), every receipt is decided
+        /// exactly once by the time every ack has arrived, an id is
+        /// accepted exactly when the receipt comes from the message's
+        /// recipient (from any of its devices), and the hold never exceeds
+        /// its bound.
         #[test]
         fn every_receipt_is_decided_once_and_only_recipients_are_believed(
             recipients in proptest::collection::vec(prop_oneof![Just(BOB), Just(MALLORY), Just(ALICE)], 1..8),
-            receipts in proptest::collection::vec((0usize..8, prop_oneof![Just(BOB), Just(MALLORY)]), 0..40),
-            shuffle in proptest::collection::vec(any::<u32>(), 48),
+            copies in proptest::collection::vec(prop_oneof![Just(BOB), Just(MALLORY), Just(ALICE)], 0..4),
+            receipts in proptest::collection::vec(
+                (0usize..12, prop_oneof![Just(BOB), Just(MALLORY), Just(ALICE)], 0u64..3),
+                0..40,
+            ),
+            shuffle in proptest::collection::vec(any::<u32>(), 56),
         ) {
             let n = recipients.len();
+            // Message ids and their recipients: this device's sends, then
+            // the copies.
+            let mut messages: Vec<(u64, u64)> = recipients
+                .iter()
+                .enumerate()
+                .map(|(i, &to)| (1000 + i as u64, to))
+                .collect();
+            messages.extend(copies.iter().enumerate().map(|(j, &to)| (2000 + j as u64, to)));
+            let recipient_of = |id: u64| messages.iter().find(|(m, _)| *m == id).map(|(_, to)| *to);
             let mut events: Vec<Event> = (0..n).map(Event::Ack).collect();
-            events.extend(receipts.iter().map(|&(i, from)| Event::Receipt { i: i % n, from }));
+            events.extend((0..copies.len()).map(Event::Copy));
+            events.extend(receipts.iter().map(|&(k, from, device)| Event::Receipt {
+                id: messages[k % messages.len()].0,
+                from,
+                device,
+            }));
             // A deterministic shuffle driven by the generated keys.
             let mut keyed: Vec<(u32, Event)> = events
                 .into_iter()
@@ -399,6 +523,21 @@ mod tests {
                 .map(|(k, e)| (shuffle[k % shuffle.len()].wrapping_add(k as u32), e))
                 .collect();
             keyed.sort_by_key(|(key, _)| *key);
+            let mut order: Vec<Event> = keyed.into_iter().map(|(_, e)| e).collect();
+            // A copy comes before every receipt about it.
+            for j in 0..copies.len() {
+                let id = 2000 + j as u64;
+                let copy_at = order.iter().position(|e| matches!(e, Event::Copy(c) if *c == j));
+                let first_receipt = order
+                    .iter()
+                    .position(|e| matches!(e, Event::Receipt { id: r, .. } if *r == id));
+                if let (Some(copy_at), Some(first)) = (copy_at, first_receipt)
+                    && first < copy_at
+                {
+                    let copy = order.remove(copy_at);
+                    order.insert(first, copy);
+                }
+            }
 
             let mut tracker = ReceiptTracker::default();
             for (i, to) in recipients.iter().enumerate() {
@@ -406,12 +545,14 @@ mod tests {
             }
             let mut decided = Vec::new();
             let mut next_receipt_id = 0;
-            for (_, event) in keyed {
+            for event in order {
                 match event {
                     Event::Ack(i) => decided.extend(tracker.acked(&ack(i as u64 + 1, 1000 + i as u64))),
-                    Event::Receipt { i, from } => {
+                    Event::Copy(j) => decided.extend(tracker.copied(2000 + j as u64, copies[j])),
+                    Event::Receipt { id, from, device } => {
                         next_receipt_id += 1;
-                        decided.extend(tracker.receipt(receipt(next_receipt_id, from, &[1000 + i as u64])));
+                        let r = from_device(receipt(next_receipt_id, from, &[id]), device);
+                        decided.extend(tracker.receipt(r));
                     }
                 }
                 prop_assert!(tracker.held() <= HELD_CAPACITY);
@@ -424,8 +565,8 @@ mod tests {
             prop_assert_eq!(ids.len(), receipts.len());
             for checked in &decided {
                 let id = checked.receipt.message_ids[0];
-                let recipient = recipients[(id - 1000) as usize];
-                prop_assert!(checked.unknown.is_empty(), "every id is known by its ack");
+                let recipient = recipient_of(id).expect("a message of the test");
+                prop_assert!(checked.unknown.is_empty(), "every id is known by its ack or copy");
                 if checked.receipt.from_user == recipient {
                     prop_assert_eq!(&checked.accepted, &vec![id]);
                 } else {

@@ -1,5 +1,7 @@
 //! The registration API over HTTPS: request an SMS code, verify it to get the
-//! device's credential, and find which phone numbers are registered.
+//! device's credential, find which phone numbers are registered, and manage
+//! an account's devices (link a new one with a code from the primary, list
+//! them, unlink one, list another user's device ids).
 //!
 //! Errors come back as [`ClientError::Api`] with the server's documented code,
 //! parsed leniently so that a proxy's HTML error page still yields a status.
@@ -62,6 +64,43 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// Answer to [`Registration::create_link_code`]: a one-time code that makes
+/// a new device of this account when redeemed with [`Registration::link`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkCode {
+    /// The code as the server spells it (groups of base32, say). Secret
+    /// while it lasts: whoever redeems it gets a device of the account.
+    pub code: String,
+    /// Seconds until it stops working.
+    pub expires_in: u64,
+}
+
+impl fmt::Debug for LinkCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkCode")
+            .field("code", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// One device of this account, from [`Registration::devices`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device_id: u64,
+    /// What the device was called when it was linked (the primary's name is
+    /// the server's choice, possibly empty).
+    pub name: String,
+    /// The device registered by SMS: it makes link codes and cannot be
+    /// unlinked.
+    pub primary: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of its last session; `None` if it never connected (or
+    /// the server does not say).
+    pub last_seen_at: Option<u64>,
+}
+
 /// A registered phone number and the user id it maps to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
@@ -115,21 +154,11 @@ impl Registration {
             phone: &'a str,
             code: &'a str,
         }
-        #[derive(Deserialize)]
-        struct Answer {
-            user_id: WireId,
-            device_id: WireId,
-            token: String,
-        }
         debug!("verifying a registration code");
-        let answer: Answer = self
+        let answer: WireCredential = self
             .post("/v1/registration/verify", None, &Body { phone, code })
             .await?;
-        Ok(Credential {
-            user_id: answer.user_id.parse("user_id")?,
-            device_id: answer.device_id.parse("device_id")?,
-            token: answer.token,
-        })
+        answer.parse()
     }
 
     /// `POST /v1/contacts/lookup`: which of `phones` are registered, and as
@@ -171,13 +200,122 @@ impl Registration {
             .collect()
     }
 
+    /// `POST /v1/devices/link-code`: a code that links a new device to this
+    /// account. Only the primary device may ask (`403 PRIMARY_ONLY`); an
+    /// account at its device limit gets `409 DEVICE_LIMIT`.
+    pub async fn create_link_code(&self, token: &str) -> Result<LinkCode, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            code: String,
+            expires_in: u64,
+        }
+        debug!("requesting a link code");
+        let answer: Answer = self
+            .post("/v1/devices/link-code", Some(token), &serde_json::json!({}))
+            .await?;
+        Ok(LinkCode {
+            code: answer.code,
+            expires_in: answer.expires_in,
+        })
+    }
+
+    /// `POST /v1/devices/link`: redeems a link code (no credential needed:
+    /// the code is the proof) for a new device of the code's account, named
+    /// `name`. Errors: `404 LINK_CODE_INVALID` (unknown, expired, used, or
+    /// killed by wrong attempts), `409 DEVICE_LIMIT`, `429 RATE_LIMITED`,
+    /// `400 INVALID_REQUEST` (a name empty or over 64 bytes).
+    pub async fn link(&self, code: &str, name: &str) -> Result<Credential, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            name: &'a str,
+        }
+        debug!("redeeming a link code");
+        let answer: WireCredential = self
+            .post("/v1/devices/link", None, &Body { code, name })
+            .await?;
+        answer.parse()
+    }
+
+    /// `GET /v1/devices`: this account's devices.
+    pub async fn devices(&self, token: &str) -> Result<Vec<DeviceInfo>, ClientError> {
+        let answer: WireDevices = self
+            .request(http::Method::GET, "/v1/devices", Some(token), None)
+            .await?;
+        answer.parse()
+    }
+
+    /// `DELETE /v1/devices/{device_id}`: removes a device from this account.
+    /// The primary may unlink any other device, a linked device only
+    /// itself (`403 FORBIDDEN`); the primary cannot be unlinked
+    /// (`409 PRIMARY_DEVICE`); `404 NO_SUCH_DEVICE`. The removed device's
+    /// session is closed (`Closing{UNLINKED}`, close code 4005) and its
+    /// token is refused from then on (`401 TOKEN_REVOKED`).
+    pub async fn unlink(&self, token: &str, device_id: u64) -> Result<(), ClientError> {
+        debug!(device_id, "unlinking a device");
+        let path = format!("/v1/devices/{device_id}");
+        self.send_request(http::Method::DELETE, &path, Some(token), None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/users/{user_id}/devices`: the device ids of any user, for
+    /// sends with one envelope per device. `404 NO_SUCH_USER`.
+    pub async fn user_devices(&self, token: &str, user_id: u64) -> Result<Vec<u64>, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            devices: Vec<WireId>,
+        }
+        let path = format!("/v1/users/{user_id}/devices");
+        let answer: Answer = self
+            .request(http::Method::GET, &path, Some(token), None)
+            .await?;
+        answer
+            .devices
+            .into_iter()
+            .map(|d| d.parse("device id"))
+            .collect()
+    }
+
     async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         token: Option<&str>,
         body: &impl Serialize,
     ) -> Result<T, ClientError> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        let body = serde_json::to_value(body)
+            .map_err(|e| ClientError::InvalidInput(format!("request body for {path}: {e}")))?;
+        self.request(http::Method::POST, path, token, Some(&body))
+            .await
+    }
+
+    /// A request whose success is a JSON answer of type `T`.
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.send_request(method, path, token, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Protocol(format!("unexpected answer from {path} ({status}): {e}"))
+        })
+    }
+
+    /// Sends a request; a success status with its body, or the error
+    /// status as [`ClientError::Api`].
+    async fn send_request(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -187,10 +325,7 @@ impl Registration {
             .map_err(|e| ClientError::from_request(&self.base, e))?;
         let status = response.status();
         if status.is_success() {
-            let bytes = read_limited(response).await?;
-            serde_json::from_slice(&bytes).map_err(|e| {
-                ClientError::Protocol(format!("unexpected answer from {path} ({status}): {e}"))
-            })
+            Ok((status, read_limited(response).await?))
         } else {
             let retry_after = response
                 .headers()
@@ -202,6 +337,68 @@ impl Registration {
             let bytes = read_limited(response).await.unwrap_or_default();
             Err(api_error(status, retry_after.as_deref(), &bytes))
         }
+    }
+}
+
+/// `GET /v1/devices`'s answer as the API spells it. Lenient where leniency
+/// costs nothing: a missing name is empty, a missing time is unknown.
+#[derive(Deserialize)]
+struct WireDevices {
+    devices: Vec<WireDevice>,
+}
+
+#[derive(Deserialize)]
+struct WireDevice {
+    device_id: WireId,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    created_at: Option<WireId>,
+    #[serde(default)]
+    last_seen_at: Option<WireId>,
+}
+
+impl WireDevices {
+    fn parse(self) -> Result<Vec<DeviceInfo>, ClientError> {
+        self.devices
+            .into_iter()
+            .map(|d| {
+                Ok(DeviceInfo {
+                    device_id: d.device_id.parse("device_id")?,
+                    name: d.name.unwrap_or_default(),
+                    primary: d.primary,
+                    created_at: d
+                        .created_at
+                        .map(|t| t.parse("created_at"))
+                        .transpose()?
+                        .unwrap_or(0),
+                    last_seen_at: d
+                        .last_seen_at
+                        .map(|t| t.parse("last_seen_at"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A credential as the API spells it (ids as decimal strings).
+#[derive(Deserialize)]
+struct WireCredential {
+    user_id: WireId,
+    device_id: WireId,
+    token: String,
+}
+
+impl WireCredential {
+    fn parse(self) -> Result<Credential, ClientError> {
+        Ok(Credential {
+            user_id: self.user_id.parse("user_id")?,
+            device_id: self.device_id.parse("device_id")?,
+            token: self.token,
+        })
     }
 }
 
@@ -467,6 +664,44 @@ mod tests {
             bad.parse("user_id"),
             Err(ClientError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn device_lists_parse_as_documented_and_leniently() {
+        let json = r#"{"devices": [
+            {"device_id": "7", "name": "Alice's phone", "primary": true, "created_at": 1700000000, "last_seen_at": 1700000500},
+            {"device_id": "18446744073709551615", "name": "laptop", "primary": false, "created_at": 1700000100, "last_seen_at": null},
+            {"device_id": 9}
+        ]}"#;
+        let answer: WireDevices = serde_json::from_str(json).expect("parses");
+        let devices = answer.parse().expect("valid");
+        assert_eq!(
+            devices[0],
+            DeviceInfo {
+                device_id: 7,
+                name: "Alice's phone".into(),
+                primary: true,
+                created_at: 1_700_000_000,
+                last_seen_at: Some(1_700_000_500),
+            }
+        );
+        assert_eq!(devices[1].device_id, u64::MAX);
+        assert_eq!(devices[1].last_seen_at, None);
+        assert!(!devices[2].primary && devices[2].name.is_empty());
+        let bad: WireDevices =
+            serde_json::from_str(r#"{"devices": [{"device_id": "x"}]}"#).expect("parses");
+        assert!(matches!(bad.parse(), Err(ClientError::Protocol(_))));
+    }
+
+    #[test]
+    fn link_codes_are_secret_in_logs() {
+        let code = LinkCode {
+            code: "K7Q2-ABCD".into(),
+            expires_in: 600,
+        };
+        let shown = format!("{code:?}");
+        assert!(!shown.contains("K7Q2"), "{shown}");
+        assert!(shown.contains("600"), "{shown}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use parley_proto::limits::MAX_FRAME_BYTES;
 use parley_proto::v1::{
-    ClientFrame, DeliveryAck, MarkRead, ReceiptAck, Send, ServerFrame, client_frame,
+    ClientFrame, DeliveryAck, Envelope, MarkRead, ReceiptAck, Send, ServerFrame, client_frame,
 };
 use prost::Message as _;
 use rustls_pki_types::ServerName;
@@ -238,6 +238,40 @@ impl Session {
             client_msg_id,
             to_user,
             body: body.into(),
+            envelopes: Vec::new(),
+        }))
+        .await
+    }
+
+    /// Sends one message with one body per device instead of one body for
+    /// all (apps that encrypt for each device do this): `envelopes` holds
+    /// `(user_id, device_id, body)` for every device of `to_user` and every
+    /// other device of this account, no more and no less
+    /// ([`crate::devices::Fanout`] makes that list). The answer is a
+    /// `ServerAck`, or a `SendError{DEVICES_CHANGED}` naming the missing and
+    /// the extra devices ([`crate::devices::devices_changed`]): nothing was
+    /// queued, so fix the list and resend with the same `client_msg_id`.
+    ///
+    /// Like [`Session::send`], nothing is checked locally.
+    pub async fn send_envelopes<B: Into<Bytes>>(
+        &mut self,
+        client_msg_id: u64,
+        to_user: u64,
+        envelopes: impl IntoIterator<Item = (u64, u64, B)>,
+    ) -> Result<(), ClientError> {
+        let envelopes = envelopes
+            .into_iter()
+            .map(|(user_id, device_id, body)| Envelope {
+                user_id,
+                device_id,
+                body: body.into(),
+            })
+            .collect();
+        self.send_frame(client_frame::Frame::Send(Send {
+            client_msg_id,
+            to_user,
+            body: Bytes::new(),
+            envelopes,
         }))
         .await
     }
@@ -263,7 +297,8 @@ impl Session {
         .await
     }
 
-    /// Acknowledges stored receipts, so they are not redelivered.
+    /// Acknowledges stored receipts, and read-syncs (their `sync_id`s are
+    /// in the receipts' id space), so they are not redelivered.
     pub async fn ack_receipts(&mut self, receipt_ids: Vec<u64>) -> Result<(), ClientError> {
         self.send_frame(client_frame::Frame::ReceiptAck(ReceiptAck { receipt_ids }))
             .await

@@ -11,15 +11,28 @@
 //! `listen` can be checked too. A session of [`EARLY_RECEIPT_TOKEN`] gets
 //! read receipts for a sent message *before* its ack, as happens after a
 //! lost ack, one of them forged by another user.
+//!
+//! Several devices per user: a session of [`DEVICES_TOKEN`] (user 3, device
+//! 30) finds a backlog with a copy of its account's own message sent from
+//! its laptop (device 31), receipts from two devices of the recipient and
+//! one from its own laptop, a forged one, and a read-sync. A session of
+//! [`MULTI_TOKEN`] gets, after the ack of its send, a copy of another
+//! message with its receipt, an own-device receipt, then the recipient's
+//! second device's. A session of [`ENVELOPE_TOKEN`] (user 3, device 30)
+//! has its envelopes checked against the devices the stand-in knows
+//! (user 42: 420 and 421; user 3: 30 and 31), `DEVICES_CHANGED` when they
+//! differ. A session of [`UNLINKED_TOKEN`] is told at once that its device
+//! was unlinked (`Closing{UNLINKED}`, close code 4005).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use parley_client::proto::v1::{
-    ClientFrame, CloseReason, Closing, Deliver, QueueEmpty, Receipt, ReceiptKind, ServerAck,
-    ServerFrame, client_frame, server_frame,
+    ClientFrame, CloseReason, Closing, Deliver, DeviceAddress, ErrorCode, QueueEmpty, ReadSync,
+    Receipt, ReceiptKind, SendError, ServerAck, ServerFrame, client_frame, server_frame,
 };
 use parley_client::tungstenite::Message;
 use parley_client::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -38,6 +51,22 @@ const LISTENER_TOKEN: &str = "listener-token";
 const EARLY_RECEIPT_TOKEN: &str = "early-receipt-token";
 /// A token the stand-in refuses as revoked.
 const REVOKED_TOKEN: &str = "revoked-token";
+/// User 3's device 30, whose account has a laptop (31): a backlog of copies,
+/// receipts from several devices and a read-sync.
+const DEVICES_TOKEN: &str = "devices-token";
+/// A valid token whose sends are followed by receipts from several devices.
+const MULTI_TOKEN: &str = "multi-token";
+/// User 3's device 30, whose envelopes are checked against the devices.
+const ENVELOPE_TOKEN: &str = "envelope-token";
+/// A device that is unlinked as soon as it connects.
+const UNLINKED_TOKEN: &str = "unlinked-token";
+/// The account of the devices tokens, its device, and its laptop.
+const OWN: u64 = 3;
+const OWN_DEVICE: u64 = 30;
+const OWN_LAPTOP: u64 = 31;
+/// The recipient in the devices scenarios, and its two devices.
+const PEER: u64 = 42;
+const PEER_DEVICES: [u64; 2] = [420, 421];
 /// The user who forges a read receipt for someone else's message.
 const MALLORY: u64 = 99;
 /// How long a test waits for something that should happen at once (a
@@ -59,6 +88,66 @@ fn frame(frame: server_frame::Frame) -> Message {
     Message::Binary(ServerFrame { frame: Some(frame) }.encode_to_vec().into())
 }
 
+/// Which scenario a session plays, from its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Listener,
+    EarlyReceipts,
+    Devices,
+    Multi,
+    Envelopes,
+    Unlinked,
+}
+
+/// What a `DEVICES_TOKEN` session finds queued.
+fn devices_backlog() -> Vec<Message> {
+    let receipt = |receipt_id, kind: ReceiptKind, from_user, from_device| {
+        frame(server_frame::Frame::Receipt(Receipt {
+            receipt_id,
+            kind: kind as i32,
+            from_user,
+            message_ids: vec![300],
+            timestamp_ms: 2,
+            from_device,
+        }))
+    };
+    vec![
+        // The laptop sent message 300 to the peer: this device's copy.
+        frame(server_frame::Frame::Deliver(Deliver {
+            message_id: 300,
+            from_user: OWN,
+            timestamp_ms: 1,
+            body: bytes::Bytes::from_static(b"sent from my laptop"),
+            from_device: OWN_LAPTOP,
+            to_user: PEER,
+        })),
+        frame(server_frame::Frame::Deliver(Deliver {
+            message_id: 301,
+            from_user: 9,
+            timestamp_ms: 1,
+            body: bytes::Bytes::from_static(b"hello all"),
+            from_device: 90,
+            to_user: OWN,
+        })),
+        receipt(70, ReceiptKind::Delivered, PEER, PEER_DEVICES[0]),
+        receipt(71, ReceiptKind::Delivered, PEER, PEER_DEVICES[1]),
+        receipt(72, ReceiptKind::Read, PEER, PEER_DEVICES[1]),
+        // The laptop stored its own message: not the peer's checkmark.
+        receipt(73, ReceiptKind::Delivered, OWN, OWN_LAPTOP),
+        // User 9 was not sent message 300.
+        receipt(74, ReceiptKind::Read, 9, 90),
+        frame(server_frame::Frame::ReadSync(ReadSync {
+            sync_id: 75,
+            peer_user: 9,
+            message_ids: vec![301],
+            by_device: OWN_LAPTOP,
+            timestamp_ms: 3,
+        })),
+        frame(server_frame::Frame::QueueEmpty(QueueEmpty {})),
+    ]
+}
+
 /// What a `LISTENER_TOKEN` session finds queued.
 fn backlog() -> Vec<Message> {
     vec![
@@ -67,6 +156,7 @@ fn backlog() -> Vec<Message> {
             from_user: 9,
             timestamp_ms: 1,
             body: bytes::Bytes::from_static(b"hi\nthere"),
+            ..Deliver::default()
         })),
         frame(server_frame::Frame::Receipt(Receipt {
             receipt_id: 5,
@@ -74,6 +164,7 @@ fn backlog() -> Vec<Message> {
             from_user: 9,
             message_ids: vec![1005],
             timestamp_ms: 2,
+            ..Receipt::default()
         })),
         frame(server_frame::Frame::QueueEmpty(QueueEmpty {})),
     ]
@@ -133,24 +224,24 @@ struct State {
 }
 
 async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, state: State) {
-    let listener_session = Arc::new(AtomicBool::new(false));
-    let is_listener = listener_session.clone();
-    let early_session = Arc::new(AtomicBool::new(false));
-    let is_early = early_session.clone();
+    let kind = Arc::new(Mutex::new(Kind::Plain));
+    let session_kind = kind.clone();
     // The error type is tungstenite's `Callback` contract, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_token = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let auth = req.headers().get("authorization").map(|v| v.as_bytes());
         let bearer = |token: &str| auth == Some(format!("Bearer {token}").as_bytes());
-        if bearer(LISTENER_TOKEN) {
-            is_listener.store(true, Ordering::SeqCst);
-            return Ok(resp);
-        }
-        if bearer(EARLY_RECEIPT_TOKEN) {
-            is_early.store(true, Ordering::SeqCst);
-            return Ok(resp);
-        }
-        if bearer(TOKEN) {
+        let known = [
+            (TOKEN, Kind::Plain),
+            (LISTENER_TOKEN, Kind::Listener),
+            (EARLY_RECEIPT_TOKEN, Kind::EarlyReceipts),
+            (DEVICES_TOKEN, Kind::Devices),
+            (MULTI_TOKEN, Kind::Multi),
+            (ENVELOPE_TOKEN, Kind::Envelopes),
+            (UNLINKED_TOKEN, Kind::Unlinked),
+        ];
+        if let Some((_, found)) = known.iter().find(|(token, _)| bearer(token)) {
+            *session_kind.lock().expect("kind lock") = *found;
             return Ok(resp);
         }
         // The real gateway's refusal: 401 and a JSON body with the code.
@@ -178,10 +269,18 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
     {
         let _ = previous.send(());
     }
-    if listener_session.load(Ordering::SeqCst) {
-        for msg in backlog() {
-            let _ = ws.send(msg).await;
+    let kind = *kind.lock().expect("kind lock");
+    let backlog = match kind {
+        Kind::Listener => backlog(),
+        Kind::Devices => devices_backlog(),
+        Kind::Unlinked => {
+            unlink(ws).await;
+            return;
         }
+        _ => Vec::new(),
+    };
+    for msg in backlog {
+        let _ = ws.send(msg).await;
     }
     loop {
         let msg = tokio::select! {
@@ -196,8 +295,7 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
                 let Ok(client) = ClientFrame::decode(bytes) else {
                     return;
                 };
-                let early = early_session.load(Ordering::SeqCst);
-                for reply in answer(client, &state, early) {
+                for reply in answer(client, &state, kind) {
                     let _ = ws.send(reply).await;
                 }
             }
@@ -212,31 +310,119 @@ async fn serve(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, stat
 
 /// Logs acks and read receipts; answers a `Send` with a ping (which the
 /// client must skip) and a `ServerAck` with `message_id = 1000 + client_msg_id`.
-/// With `early_receipts`, two READ receipts for that message come before
-/// the ack: one forged by [`MALLORY`], then the recipient's.
-fn answer(client: ClientFrame, state: &State, early_receipts: bool) -> Vec<Message> {
+/// For [`Kind::EarlyReceipts`], two READ receipts for that message come
+/// before the ack: one forged by [`MALLORY`], then the recipient's. For
+/// [`Kind::Multi`], after the ack: a copy of message 500 (sent by the
+/// account's laptop to the recipient) and its DELIVERED receipt from the
+/// recipient's first device, a DELIVERED receipt for the new message from
+/// the account's own laptop (which is not the recipient), then one from
+/// the recipient's second device. For [`Kind::Envelopes`], a send with
+/// envelopes is logged (`envelopes [(user, device, body)]`) and refused
+/// with `DEVICES_CHANGED` unless they name exactly the peer's and the
+/// account's other devices.
+fn answer(client: ClientFrame, state: &State, kind: Kind) -> Vec<Message> {
     let entry = match client.frame {
         Some(client_frame::Frame::Send(send)) => {
             let message_id = 1000 + send.client_msg_id;
-            let read_by = |receipt_id: u64, from_user: u64| {
-                frame(server_frame::Frame::Receipt(Receipt {
-                    receipt_id,
-                    kind: ReceiptKind::Read as i32,
-                    from_user,
-                    message_ids: vec![message_id],
-                    timestamp_ms: 3,
-                }))
-            };
-            let mut replies = vec![Message::Ping("x".into())];
-            if early_receipts {
-                replies.push(read_by(61, MALLORY));
-                replies.push(read_by(62, send.to_user));
-            }
-            replies.push(frame(server_frame::Frame::Ack(ServerAck {
+            let receipt =
+                |receipt_id: u64, kind: ReceiptKind, from_user: u64, from_device: u64, id: u64| {
+                    frame(server_frame::Frame::Receipt(Receipt {
+                        receipt_id,
+                        kind: kind as i32,
+                        from_user,
+                        message_ids: vec![id],
+                        timestamp_ms: 3,
+                        from_device,
+                    }))
+                };
+            let ack = frame(server_frame::Frame::Ack(ServerAck {
                 client_msg_id: send.client_msg_id,
                 message_id,
                 timestamp_ms: 1_700_000_000_000,
-            })));
+            }));
+            let mut replies = vec![Message::Ping("x".into())];
+            match kind {
+                Kind::EarlyReceipts => {
+                    replies.push(receipt(61, ReceiptKind::Read, MALLORY, 0, message_id));
+                    replies.push(receipt(62, ReceiptKind::Read, send.to_user, 0, message_id));
+                    replies.push(ack);
+                }
+                Kind::Multi => {
+                    replies.push(ack);
+                    replies.push(frame(server_frame::Frame::Deliver(Deliver {
+                        message_id: 500,
+                        from_user: OWN,
+                        timestamp_ms: 1,
+                        body: bytes::Bytes::from_static(b"from the laptop"),
+                        from_device: OWN_LAPTOP,
+                        to_user: send.to_user,
+                    })));
+                    replies.push(receipt(
+                        81,
+                        ReceiptKind::Delivered,
+                        send.to_user,
+                        PEER_DEVICES[0],
+                        500,
+                    ));
+                    replies.push(receipt(
+                        82,
+                        ReceiptKind::Delivered,
+                        OWN,
+                        OWN_LAPTOP,
+                        message_id,
+                    ));
+                    replies.push(receipt(
+                        83,
+                        ReceiptKind::Delivered,
+                        send.to_user,
+                        PEER_DEVICES[1],
+                        message_id,
+                    ));
+                }
+                Kind::Envelopes if !send.envelopes.is_empty() => {
+                    let given: Vec<(u64, u64, String)> = send
+                        .envelopes
+                        .iter()
+                        .map(|e| {
+                            (
+                                e.user_id,
+                                e.device_id,
+                                String::from_utf8_lossy(&e.body).into_owned(),
+                            )
+                        })
+                        .collect();
+                    state
+                        .log
+                        .lock()
+                        .expect("log lock")
+                        .push(format!("envelopes {given:?}"));
+                    let given: BTreeSet<(u64, u64)> = send
+                        .envelopes
+                        .iter()
+                        .map(|e| (e.user_id, e.device_id))
+                        .collect();
+                    let wanted: BTreeSet<(u64, u64)> = PEER_DEVICES
+                        .iter()
+                        .map(|&d| (PEER, d))
+                        .chain([(OWN, OWN_LAPTOP)])
+                        .collect();
+                    let address =
+                        |&(user_id, device_id): &(u64, u64)| DeviceAddress { user_id, device_id };
+                    if given == wanted {
+                        replies.push(ack);
+                    } else {
+                        replies.push(frame(server_frame::Frame::SendError(SendError {
+                            client_msg_id: send.client_msg_id,
+                            code: ErrorCode::DevicesChanged as i32,
+                            reason: "the devices changed".into(),
+                            retry_after_ms: 0,
+                            missing_devices: wanted.difference(&given).map(address).collect(),
+                            extra_devices: given.difference(&wanted).map(address).collect(),
+                        })));
+                    }
+                }
+                _ => replies.push(ack),
+            }
             return replies;
         }
         Some(client_frame::Frame::DeliveryAck(a)) => format!("delivery_ack {:?}", a.message_ids),
@@ -248,6 +434,27 @@ fn answer(client: ClientFrame, state: &State, early_receipts: bool) -> Vec<Messa
     };
     state.log.lock().expect("log lock").push(entry);
     Vec::new()
+}
+
+/// What the real gateway does to a device removed from its account:
+/// `Closing{UNLINKED}`, then close code 4005.
+async fn unlink<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = ws
+        .send(frame(server_frame::Frame::Closing(Closing {
+            reason: CloseReason::Unlinked as i32,
+            detail: "this device was unlinked".into(),
+        })))
+        .await;
+    let _ = ws
+        .close(Some(CloseFrame {
+            code: parley_client::proto::close::UNLINKED.into(),
+            reason: "unlinked".into(),
+        }))
+        .await;
+    while let Some(Ok(_)) = ws.next().await {}
 }
 
 /// What the real gateway does to a replaced session: `Closing{DISPLACED}`,
@@ -470,6 +677,7 @@ async fn cli_send_prints_the_ack_and_persists_the_counter() {
         user_id: 1,
         device_id: 1,
         token: TOKEN.into(),
+        linked: false,
         next_client_msg_id: 5,
     };
     dir.save(&profile).expect("save profile");
@@ -491,6 +699,7 @@ async fn cli_send_prints_the_ack_and_persists_the_counter() {
 
     dir.save(&Profile {
         token: "revoked-token".into(),
+        linked: false,
         next_client_msg_id: 6,
         ..profile
     })
@@ -554,6 +763,7 @@ async fn cli_send_wait_survives_receipts_before_the_ack() {
         user_id: 3,
         device_id: 1,
         token: EARLY_RECEIPT_TOKEN.into(),
+        linked: false,
         next_client_msg_id: 5,
     })
     .expect("save profile");
@@ -623,6 +833,7 @@ async fn cli_listen_shows_acks_and_deduplicates() {
         user_id: 2,
         device_id: 1,
         token: LISTENER_TOKEN.into(),
+        linked: false,
         next_client_msg_id: 1,
     })
     .expect("save profile");
@@ -679,4 +890,300 @@ async fn cli_listen_shows_acks_and_deduplicates() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(log, expected);
+}
+
+/// A profile in `tmp` for a session of `token` on the stand-in, as user
+/// `user_id`'s device `device_id`.
+fn profile_for(
+    gw: &Gateway,
+    tmp: &std::path::Path,
+    token: &str,
+    user_id: u64,
+    device_id: u64,
+    linked: bool,
+) -> parley_client::profile::ProfileDir {
+    use parley_client::profile::{Profile, ProfileDir};
+    let ca = tmp.join("cert.pem");
+    std::fs::write(&ca, &gw.ca_pem).expect("write CA");
+    let dir = ProfileDir::new(tmp.join("profile"));
+    dir.save(&Profile {
+        // Nothing listens there: a test fails loudly if the CLI uses HTTPS.
+        http: "https://127.0.0.1:1".into(),
+        ws: gw.url.clone(),
+        ca,
+        phone: if linked {
+            String::new()
+        } else {
+            "+15550000003".into()
+        },
+        user_id,
+        device_id,
+        token: token.into(),
+        linked,
+        next_client_msg_id: 5,
+    })
+    .expect("save profile");
+    dir
+}
+
+/// Runs the CLI on `dir` with `args`, bounded.
+async fn run_cli(
+    tmp: &std::path::Path,
+    dir: &parley_client::profile::ProfileDir,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = cli_command(tmp);
+    command.arg("--profile-dir").arg(dir.path()).args(args);
+    tokio::time::timeout(WAIT * 3, command.output())
+        .await
+        .expect("cli finished")
+        .expect("cli ran")
+}
+
+/// The stand-in's log once it holds at least `n` entries (the CLI closes
+/// after its last ack, which the stand-in may still be logging), or as it
+/// is when a generous deadline passes.
+async fn log_of(gw: &Gateway, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = gw.log.lock().expect("log lock").clone();
+        if log.len() >= n || tokio::time::Instant::now() >= deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `listen` with several devices: the copy of a message this account sent
+/// from its laptop is shown as one (`→ <to_user>`), recorded so that its
+/// receipts are believed from the recipient's devices (each named), and not
+/// marked read; the laptop's own receipt is dropped quietly, the forged one
+/// with a warning; the read-sync is shown; everything is acknowledged.
+#[tokio::test]
+async fn cli_listen_shows_copies_device_receipts_and_read_syncs() {
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = profile_for(&gw, tmp.path(), DEVICES_TOKEN, OWN, OWN_DEVICE, false);
+    let out = run_cli(
+        tmp.path(),
+        &dir,
+        &["listen", "--read", "--exit-on-empty", "--timeout", "10"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3/31 → 42 300 sent from my laptop\n\
+         9/90 301 hello all\n\
+         ✓✓ delivered 300 by 42/420\n\
+         ✓✓ delivered 300 by 42/421\n\
+         ✓✓ read 300 by 42/421\n\
+         read-sync 301 from 9 on 3/31\n"
+    );
+    assert!(
+        stderr.contains("ignoring a read receipt") && stderr.contains("from_user=9"),
+        "the forged receipt is warned about: {stderr}"
+    );
+    assert!(
+        !stderr.contains("from_user=3"),
+        "the own laptop's receipt is not a forgery: {stderr}"
+    );
+    assert_eq!(
+        dir.load_sent().expect("sent.json").recipient(300),
+        Some(PEER)
+    );
+    let expected = [
+        "delivery_ack [300]",
+        "delivery_ack [301]",
+        "mark_read 9 [301]",
+        "receipt_ack [70]",
+        "receipt_ack [71]",
+        "receipt_ack [72]",
+        "receipt_ack [73]",
+        "receipt_ack [74]",
+        "receipt_ack [75]",
+    ];
+    assert_eq!(log_of(&gw, expected.len()).await, expected);
+
+    // The next session gets the same backlog (the stand-in does not
+    // forget): nothing is shown twice, everything is acked again.
+    let out = run_cli(
+        tmp.path(),
+        &dir,
+        &["listen", "--exit-on-empty", "--timeout", "10"],
+    )
+    .await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
+
+/// `send --wait delivered` ends on the first receipt from one of the
+/// recipient's devices, not on one from this account's own laptop; a copy
+/// arriving meanwhile makes its own receipt believable (shown), and is left
+/// for `listen` (not acked).
+#[tokio::test]
+async fn cli_send_wait_ends_on_a_recipient_device_only() {
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = profile_for(&gw, tmp.path(), MULTI_TOKEN, OWN, OWN_DEVICE, false);
+    let out = run_cli(
+        tmp.path(),
+        &dir,
+        &[
+            "send",
+            "42",
+            "hello",
+            "--wait",
+            "delivered",
+            "--timeout",
+            "10",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "✓ sent 1005\n✓✓ delivered 500 by 42/420\n✓✓ delivered 1005 by 42/421\n"
+    );
+    assert!(!stderr.contains("ignoring"), "{stderr}");
+    let log = log_of(&gw, 3).await;
+    assert_eq!(
+        log,
+        ["receipt_ack [81]", "receipt_ack [82]", "receipt_ack [83]"],
+        "the copy is left for listen"
+    );
+}
+
+/// `send --per-device` from a stale list of devices: the server's
+/// `DEVICES_CHANGED` names what is missing and extra, the CLI fixes the
+/// list, says so, sends again with the same `client_msg_id`, and keeps the
+/// fixed list, so the next send is right the first time.
+#[tokio::test]
+async fn cli_send_per_device_fixes_a_stale_list() {
+    let gw = start_gateway().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = profile_for(&gw, tmp.path(), ENVELOPE_TOKEN, OWN, OWN_DEVICE, false);
+    // What this profile believes: the peer's second device is unknown and a
+    // removed one is still listed; the account's laptop is unknown.
+    dir.update_known_devices(|known| {
+        known.set(PEER, vec![420, 429]);
+        known.set(OWN, vec![OWN_DEVICE]);
+    })
+    .expect("seed devices.json");
+    let out = run_cli(tmp.path(), &dir, &["send", "42", "hi", "--per-device"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "✓ sent 1005\n");
+    assert!(
+        stderr.contains("missing 3/31, 42/421; extra 42/429") && stderr.contains("sending again"),
+        "{stderr}"
+    );
+    let stale = r#"envelopes [(42, 420, "hi"), (42, 429, "hi")]"#;
+    let fixed = r#"envelopes [(42, 420, "hi"), (42, 421, "hi"), (3, 31, "hi")]"#;
+    assert_eq!(log_of(&gw, 2).await, [stale, fixed]);
+    let known = dir.load_known_devices().expect("devices.json");
+    assert_eq!(known.get(PEER), Some(&[420, 421][..]));
+    assert_eq!(known.get(OWN), Some(&[OWN_DEVICE, OWN_LAPTOP][..]));
+
+    let out = run_cli(tmp.path(), &dir, &["send", "42", "hi", "--per-device"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "✓ sent 1006\n");
+    assert!(!stderr.contains("sending again"), "{stderr}");
+    assert_eq!(log_of(&gw, 3).await, [stale, fixed, fixed]);
+}
+
+/// The library's envelope path frame by frame: a stale `Fanout` is refused
+/// with the missing and extra devices, fixed with `apply`, and the resend
+/// with the same `client_msg_id` is acked.
+#[tokio::test]
+async fn envelopes_are_resent_after_devices_changed() {
+    use parley_client::{Fanout, devices_changed};
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let mut session = Session::connect(&gw.url, tls, ENVELOPE_TOKEN)
+        .await
+        .expect("connect");
+    let mut fanout = Fanout::new(PEER, [420], OWN, OWN_DEVICE, [OWN_DEVICE]);
+    let body = bytes::Bytes::from_static(b"sealed");
+    session
+        .send_envelopes(9, PEER, fanout.envelopes(&body))
+        .await
+        .expect("send");
+    let refused = match session
+        .next_frame_timeout(WAIT)
+        .await
+        .expect("answer")
+        .frame
+    {
+        Some(server_frame::Frame::SendError(e)) => e,
+        other => panic!("expected DEVICES_CHANGED, got {other:?}"),
+    };
+    assert_eq!(refused.client_msg_id, 9);
+    let changed = devices_changed(&refused).expect("DEVICES_CHANGED");
+    assert!(changed.extra.is_empty());
+    assert_eq!(changed.missing.len(), 2, "{changed:?}");
+    fanout.apply(changed).expect("fixable");
+    session
+        .send_envelopes(9, PEER, fanout.envelopes(&body))
+        .await
+        .expect("resend");
+    match session
+        .next_frame_timeout(WAIT)
+        .await
+        .expect("answer")
+        .frame
+    {
+        Some(server_frame::Frame::Ack(ack)) => assert_eq!(ack.client_msg_id, 9),
+        other => panic!("expected the ack, got {other:?}"),
+    }
+    session.close().await.expect("clean close");
+}
+
+/// A device unlinked while it listens: the library sees `Closing{UNLINKED}`
+/// and close code 4005 (a refused credential); the CLI says the device was
+/// removed from its account and gives the exact commands to link it again.
+#[tokio::test]
+async fn an_unlinked_device_is_told_how_to_link_again() {
+    let gw = start_gateway().await;
+    let tls = tls_config_from_pem(gw.ca_pem.as_bytes()).expect("tls");
+    let mut session = Session::connect(&gw.url, tls, UNLINKED_TOKEN)
+        .await
+        .expect("connect");
+    match session
+        .next_frame_timeout(WAIT)
+        .await
+        .expect("Closing")
+        .frame
+    {
+        Some(server_frame::Frame::Closing(c)) => {
+            assert_eq!(c.reason, CloseReason::Unlinked as i32);
+        }
+        other => panic!("expected Closing, got {other:?}"),
+    }
+    let err = session.next_frame_timeout(WAIT).await.expect_err("closed");
+    assert!(
+        matches!(err, ClientError::Closed { code: 4005, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.credential_refusal(), Some(CredentialRefusal::Revoked));
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = profile_for(&gw, tmp.path(), UNLINKED_TOKEN, OWN, OWN_LAPTOP, true);
+    let out = run_cli(tmp.path(), &dir, &["listen"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("removed from its account"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "`parley-cli --profile-dir {} link-accept <code>`",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("register"), "{stderr}");
 }

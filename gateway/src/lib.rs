@@ -8,6 +8,7 @@
 //! Modules:
 //! - `upgrade`: the HTTP upgrade request, authentication, 101 or an HTTP error.
 //! - `session`: the session loop (frames in, frames out, keepalive, closing).
+//! - `envelopes`: a send's content checked against the devices it goes to.
 //! - [`metrics`]: what the gateway counts.
 //!
 //! Everything a peer controls is bounded or timed: connections (permits),
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod envelopes;
 pub mod metrics;
 mod session;
 mod upgrade;
@@ -25,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_identity::{Authenticator, CachedDirectory};
+use parley_identity::{Authenticator, CachedDirectory, Directory};
 use parley_proto::limits::MAX_FRAME_BYTES;
 use parley_router::ratelimit::Rate;
 use parley_router::{Device, Router};
@@ -236,7 +238,12 @@ async fn connection<R: Router>(
     // temporary of the match for the session's whole life.
     let outcome = tokio::time::timeout(timeout, handshake).await;
     let reason = match outcome {
-        Ok(Ok(session)) => return session.await,
+        Ok(Ok((device, session))) => {
+            session.await;
+            // Seen to the end: a session of days counts from its last day.
+            report_seen(&shared, device);
+            return;
+        }
         Ok(Err(reason)) => reason,
         Err(_elapsed) => "timeout",
     };
@@ -251,14 +258,27 @@ async fn connection<R: Router>(
 /// A boxed session, ready to run.
 type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// TLS, upgrade and authentication. Returns the session to run, or the
-/// `reason` label of the failure.
+/// Tells the directory that `device` has (or just had) a session, for its
+/// last-seen time, in a task of its own: the session never waits on it, and
+/// a failure (the database is down) only delays the record, so it is logged
+/// at debug level, not per login at warn.
+fn report_seen<R>(shared: &Shared<R>, device: Device) {
+    let directory = shared.directory.clone();
+    tokio::spawn(async move {
+        if let Err(error) = directory.seen(device.user, device.device).await {
+            tracing::debug!(%error, "last-seen time not recorded");
+        }
+    });
+}
+
+/// TLS, upgrade and authentication. Returns the device and the session to
+/// run, or the `reason` label of the failure.
 async fn handshake<R: Router>(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
     shared: Arc<Shared<R>>,
     stop: watch::Receiver<bool>,
-) -> Result<SessionFuture, &'static str> {
+) -> Result<(Device, SessionFuture), &'static str> {
     let accepted = std::time::Instant::now();
     // Small frames (acks, receipts) must go out at once.
     let _ = tcp.set_nodelay(true);
@@ -278,8 +298,10 @@ async fn handshake<R: Router>(
         user: claims.user,
         device: claims.device,
     };
+    report_seen(&shared, device);
     let span = tracing::info_span!("session", user = device.user, device = device.device);
-    Ok(Box::pin(
-        session::run(ws, device, shared, stop).instrument(span),
+    Ok((
+        device,
+        Box::pin(session::run(ws, device, shared, stop).instrument(span)),
     ))
 }

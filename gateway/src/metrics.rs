@@ -43,7 +43,7 @@ pub struct GatewayMetrics {
 /// Why a login failed, besides the upgrade's refusal codes.
 pub(crate) const LOGIN_FAILURES: [&str; 3] = ["tls", "timeout", "io"];
 /// The `SendError` codes the gateway sends.
-pub(crate) const SEND_ERRORS: [parley_proto::v1::ErrorCode; 5] = {
+pub(crate) const SEND_ERRORS: [parley_proto::v1::ErrorCode; 7] = {
     use parley_proto::v1::ErrorCode;
     [
         ErrorCode::UnknownRecipient,
@@ -51,6 +51,8 @@ pub(crate) const SEND_ERRORS: [parley_proto::v1::ErrorCode; 5] = {
         ErrorCode::MailboxFull,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::DevicesChanged,
+        ErrorCode::ClientMsgIdReused,
     ]
 };
 /// The rate limiters.

@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use parley_proto::limits::MAX_BODY_BYTES;
 use parley_proto::v1::{
     ClientFrame, CloseReason, Error as ErrorFrame, ErrorCode, SendError, ServerAck, ServerFrame,
     client_frame, server_frame,
 };
 use parley_proto::{close, v1};
 use parley_router::ratelimit::TokenBucket;
-use parley_router::{Device, Outgoing, Router};
+use parley_router::{Device, Devices, Outgoing, Read, Router};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
@@ -40,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::Shared;
+use crate::envelopes::{self, DevicesChanged};
 use crate::metrics::{GatewayMetrics, Held};
 
 /// How long the server waits for the phone to answer its close frame before
@@ -208,7 +208,10 @@ where
         };
         // Detach before the close handshake, so a reconnecting phone's new
         // session does not wait for this one to finish closing.
-        shared.router.detach(device, attached.id).await;
+        if let Err(err) = shared.router.detach(device, attached.id).await {
+            // The session is over either way; its entries stay queued.
+            tracing::warn!(error = %err, "router failed to detach the session");
+        }
         tracing::debug!(?ending, "session ended");
         metrics
             .sessions_closed
@@ -334,29 +337,33 @@ async fn on_frame<'a, R: Router>(
             .await
             .map_err(internal),
         Some(client_frame::Frame::MarkRead(read)) => {
-            // A read receipt for someone who is not registered would create
-            // a mailbox nobody reads; it is dropped (there is no reply frame
-            // for a receipt).
-            match shared
+            let unavailable = |err: parley_identity::DirectoryError| {
+                tracing::warn!(error = %err, "directory failed");
+                Ending::Error(ErrorCode::Internal, "account store unavailable")
+            };
+            let sender_devices = shared
                 .directory
                 .devices_of(read.to_user)
                 .await
-                .map(|d| !d.is_empty())
-            {
-                Ok(true) => shared
-                    .router
-                    .mark_read(device, read.to_user, read.message_ids)
-                    .await
-                    .map_err(internal),
-                Ok(false) => Ok(()),
-                Err(err) => {
-                    tracing::warn!(error = %err, "account store failed");
-                    Err(Ending::Error(
-                        ErrorCode::Internal,
-                        "account store unavailable",
-                    ))
-                }
+                .map_err(unavailable)?;
+            // A read receipt for someone who is not registered would create
+            // a mailbox nobody reads; it is dropped (there is no reply frame
+            // for a receipt).
+            if sender_devices.is_empty() {
+                return Ok(());
             }
+            let reader_devices = own_devices(shared, device).await.map_err(unavailable)?;
+            let read = Read {
+                sender: read.to_user,
+                sender_devices,
+                reader_devices,
+                message_ids: read.message_ids,
+            };
+            shared
+                .router
+                .mark_read(device, read)
+                .await
+                .map_err(internal)
         }
         Some(client_frame::Frame::ReceiptAck(ack)) => shared
             .router
@@ -382,17 +389,13 @@ async fn on_send<'a, R: Router>(
     // INVALID_MESSAGE, as the .proto defines it: a required field unset
     // (proto3 cannot tell unset from 0 or empty), or a body over the limit.
     let invalid = if client_msg_id == 0 {
-        Some("client_msg_id must not be 0")
+        Err("client_msg_id must not be 0")
     } else if send.to_user == 0 {
-        Some("to_user is not set")
-    } else if send.body.is_empty() {
-        Some("body is empty")
-    } else if send.body.len() > MAX_BODY_BYTES {
-        Some("body over the 63 KiB limit")
+        Err("to_user is not set")
     } else {
-        None
+        envelopes::check_form(&send.body, &send.envelopes)
     };
-    if let Some(reason) = invalid {
+    if let Err(reason) = invalid {
         return now(refuse(ErrorCode::InvalidMessage, reason));
     }
     if let Err(wait) = messages_allowance.take(shared.config.messages, 1.0, Instant::now()) {
@@ -403,32 +406,72 @@ async fn on_send<'a, R: Router>(
             millis(wait),
         ));
     }
-    match shared
-        .directory
-        .devices_of(send.to_user)
-        .await
-        .map(|d| !d.is_empty())
-    {
-        Ok(true) => {}
-        Ok(false) => return now(refuse(ErrorCode::UnknownRecipient, "no such user")),
+    let devices = async {
+        let to = shared.directory.devices_of(send.to_user).await?;
+        let from = own_devices(shared, device).await?;
+        Ok::<_, parley_identity::DirectoryError>((to, from))
+    };
+    let (to_devices, from_devices) = match devices.await {
+        Ok((to, _)) if to.is_empty() => {
+            return now(refuse(
+                ErrorCode::UnknownRecipient,
+                "no such user: to_user takes a user id (look a phone number up first)",
+            ));
+        }
+        Ok(devices) => devices,
         Err(err) => {
-            tracing::warn!(error = %err, "account store failed");
+            tracing::warn!(error = %err, "directory failed");
             return now(refuse(
                 ErrorCode::Internal,
                 "account store unavailable; retry",
             ));
         }
-    }
-    let outgoing = Outgoing {
+    };
+    let mut outgoing = Outgoing {
         client_msg_id,
         to: send.to_user,
-        body: send.body,
+        to_devices,
+        from_devices,
+        payload: parley_router::Payload::Shared(bytes::Bytes::new()),
     };
-    // The router queues the message now (its place in the recipient's queue
-    // is taken here, in the order this session read its sends); the ack
-    // waits for the returned future.
-    let routed = shared.router.send(device, outgoing);
+    outgoing.payload =
+        match envelopes::payload(send.body, send.envelopes, &outgoing.targets(device)) {
+            Ok(payload) => payload,
+            Err(DevicesChanged { missing, extra }) => {
+                return now(server_frame::Frame::SendError(SendError {
+                    client_msg_id,
+                    code: ErrorCode::DevicesChanged.into(),
+                    reason:
+                        "the envelopes do not match the devices of the recipient and the sender; \
+                         add the missing, drop the extra, and resend"
+                            .to_owned(),
+                    retry_after_ms: 0,
+                    missing_devices: missing,
+                    extra_devices: extra,
+                }));
+            }
+        };
+    // The router queues the message now (its place in every queue is taken
+    // here, in the order this session read its sends); the ack waits for
+    // the returned future.
+    let routed = shared.router.submit(device, outgoing);
     Box::pin(async move { answer(shared, client_msg_id, routed.await) })
+}
+
+/// The devices of `device`'s own user, itself among them even if the
+/// directory no longer lists it (it is being unlinked: its session ends
+/// soon, and its sends still go to the others).
+async fn own_devices<R: Router>(
+    shared: &Shared<R>,
+    device: Device,
+) -> Result<Devices, parley_identity::DirectoryError> {
+    let devices = shared.directory.devices_of(device.user).await?;
+    if devices.contains(device.device) {
+        return Ok(devices);
+    }
+    let mut with = devices.as_slice().to_vec();
+    with.push(device.device);
+    Ok(Devices::new(with))
 }
 
 /// A refusal of the send `client_msg_id`; nothing was queued.
@@ -443,6 +486,7 @@ fn send_error(
         code: code.into(),
         reason: reason.to_owned(),
         retry_after_ms,
+        ..SendError::default()
     })
 }
 
@@ -472,6 +516,12 @@ fn answer<R: Router>(
             ErrorCode::MailboxFull,
             "the recipient's mailbox is full; retry later",
             retry_after_ms,
+        ),
+        Err(parley_router::SendError::Reused) => send_error(
+            client_msg_id,
+            ErrorCode::ClientMsgIdReused,
+            "this client_msg_id was used for a different message; use a new one",
+            0,
         ),
         Err(parley_router::SendError::Router(err)) => {
             tracing::warn!(error = %err, "router failed");
@@ -576,13 +626,14 @@ fn millis(wait: Duration) -> u32 {
 }
 
 /// Every `reason` label of `gateway_sessions_closed` ([`Ending::label`]).
-pub(crate) const CLOSE_REASONS: [&str; 14] = [
+pub(crate) const CLOSE_REASONS: [&str; 15] = [
     "client_closed",
     "gone",
     "displaced",
     "revoked",
     "idle_timeout",
     "slow_consumer",
+    "unlinked",
     "shutdown",
     "unspecified",
     "malformed_frame",
@@ -603,6 +654,7 @@ impl Ending {
                 CloseReason::ServerShutdown => "shutdown",
                 CloseReason::IdleTimeout => "idle_timeout",
                 CloseReason::SlowConsumer => "slow_consumer",
+                CloseReason::Unlinked => "unlinked",
                 CloseReason::Unspecified => "unspecified",
             },
             Ending::Error(code, _) => match code {
@@ -626,6 +678,7 @@ fn reason_text(reason: CloseReason) -> &'static str {
         CloseReason::ServerShutdown => "server shutting down; reconnect",
         CloseReason::IdleTimeout => "idle timeout",
         CloseReason::SlowConsumer => "not reading",
+        CloseReason::Unlinked => "this device was removed from its account; link it again",
         CloseReason::Unspecified => "closing",
     }
 }
@@ -637,12 +690,12 @@ mod tests {
     #[test]
     fn every_close_label_is_zero_initialised() {
         let mut endings = vec![Ending::ClientClosed, Ending::Protocol, Ending::Gone];
-        for reason in 0..=5 {
+        for reason in 0..=6 {
             endings.push(Ending::Closing(
                 CloseReason::try_from(reason).expect("a close reason"),
             ));
         }
-        for code in 0..=8 {
+        for code in 0..=10 {
             endings.push(Ending::Error(
                 ErrorCode::try_from(code).expect("an error code"),
                 "",

@@ -4,7 +4,8 @@
 //! The registration service implements it over its SQL store; the gateway
 //! asks it, through a [`CachedDirectory`], on the message path (who are the
 //! recipient's devices, and the sender's), and the [`crate::Authenticator`]
-//! asks it, uncached, at every login. Later: the members of a group.
+//! asks it, uncached, at every login, and tells it when a device opens a
+//! session ([`Directory::seen`]). Later: the members of a group.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -89,6 +90,18 @@ pub trait Directory: Send + Sync + fmt::Debug + 'static {
 
     /// The user's devices now ([`Devices::none`] for no such user).
     fn devices(&self, user: UserId) -> Lookup<'_, Devices>;
+
+    /// `device` of `user` has a session now (the gateway says so when one
+    /// opens and when it ends), for its "last seen" time: linked devices
+    /// unseen for long are unlinked. Implementations may record it lazily
+    /// (the store writes at most once an hour per device); callers must
+    /// not wait on it, and a failure only delays the record.
+    ///
+    /// The default records nothing, for directories that keep no times.
+    fn seen(&self, user: UserId, device: DeviceId) -> Lookup<'_, ()> {
+        let _ = (user, device);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A [`Directory`] whose device lists are cached, for the message path,
@@ -173,6 +186,10 @@ impl Directory for CachedDirectory {
         self.inner.credential(user, device)
     }
 
+    fn seen(&self, user: UserId, device: DeviceId) -> Lookup<'_, ()> {
+        self.inner.seen(user, device)
+    }
+
     fn devices(&self, user: UserId) -> Lookup<'_, Devices> {
         if let Some(devices) = self.cache.lock().get(&user) {
             let devices = devices.clone();
@@ -242,6 +259,36 @@ mod tests {
         cached.invalidate(1);
         assert_eq!(cached.devices(1).await.expect("ok").as_slice(), [10]);
         assert_eq!(cached.devices(1).await.expect("ok").primary(), Some(10));
+    }
+
+    /// Records what it is told.
+    #[derive(Debug, Default)]
+    struct Seeing {
+        seen: Mutex<Vec<(UserId, DeviceId)>>,
+    }
+
+    impl Directory for Seeing {
+        fn credential(&self, _: UserId, _: DeviceId) -> Lookup<'_, Option<u64>> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+        fn devices(&self, _: UserId) -> Lookup<'_, Devices> {
+            Box::pin(std::future::ready(Ok(Devices::none())))
+        }
+        fn seen(&self, user: UserId, device: DeviceId) -> Lookup<'_, ()> {
+            self.seen.lock().expect("lock").push((user, device));
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    #[tokio::test]
+    async fn seen_goes_through_the_cache() {
+        let inner = Arc::new(Seeing::default());
+        let cached = CachedDirectory::new(inner.clone(), 10);
+        cached.seen(1, 10).await.expect("ok");
+        cached.seen(1, 10).await.expect("ok");
+        assert_eq!(*inner.seen.lock().expect("lock"), [(1, 10), (1, 10)]);
+        // Directories that keep no times need not implement it.
+        Counting::default().seen(1, 10).await.expect("default");
     }
 
     #[tokio::test]

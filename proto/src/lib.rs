@@ -53,6 +53,8 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4003;
     /// The phone did not read the server's frames in time.
     pub const SLOW_CONSUMER: u16 = 4004;
+    /// The device was removed from its account. Link it again.
+    pub const UNLINKED: u16 = 4005;
 
     /// The close code that follows a `Closing` frame with this reason.
     pub fn for_reason(reason: CloseReason) -> u16 {
@@ -62,6 +64,7 @@ pub mod close {
             CloseReason::ServerShutdown => GOING_AWAY,
             CloseReason::IdleTimeout => IDLE_TIMEOUT,
             CloseReason::SlowConsumer => SLOW_CONSUMER,
+            CloseReason::Unlinked => UNLINKED,
             CloseReason::Unspecified => INTERNAL_ERROR,
         }
     }
@@ -74,6 +77,8 @@ pub mod close {
             ErrorCode::UnsupportedData => UNSUPPORTED_DATA,
             ErrorCode::RateLimited => POLICY_VIOLATION,
             ErrorCode::UnknownRecipient
+            | ErrorCode::DevicesChanged
+            | ErrorCode::ClientMsgIdReused
             | ErrorCode::MailboxFull
             | ErrorCode::Internal
             | ErrorCode::Unspecified => INTERNAL_ERROR,
@@ -93,6 +98,7 @@ mod tests {
                 client_msg_id: 7,
                 to_user: u64::MAX,
                 body: bytes::Bytes::from_static(b"hi"),
+                envelopes: Vec::new(),
             })),
         };
         let decoded = ClientFrame::decode(frame.encode_to_vec().as_slice()).expect("decodes");

@@ -4,6 +4,13 @@
 //! - `POST /v1/registration/verify` `{"phone", "code"}` → `200 {"user_id", "device_id", "token"}`
 //! - `POST /v1/contacts/lookup` (bearer credential) `{"phones": [..]}` →
 //!   `200 {"contacts": [{"phone", "user_id"}]}`
+//! - `POST /v1/devices/link-code` (bearer credential of the primary) →
+//!   `201 {"code", "expires_in"}`
+//! - `POST /v1/devices/link` `{"code", "name"}` → `200 {"user_id", "device_id", "token"}`
+//! - `GET /v1/devices` (bearer credential) →
+//!   `200 {"devices": [{"device_id", "name", "primary", "created_at", "last_seen_at"}]}`
+//! - `DELETE /v1/devices/{device_id}` (bearer credential) → `204`
+//! - `GET /v1/users/{user_id}/devices` (bearer credential) → `200 {"devices": ["<id>", ..]}`
 //!
 //! Ids are decimal strings; durations are whole seconds. Errors: see
 //! [`crate::error`].
@@ -17,7 +24,9 @@
 //! - time per SMS: [`RegistrationConfig::sms_timeout`], then `502 SMS_FAILED`;
 //! - codes: see [`RegistrationConfig`]; enforced in the database, so they hold
 //!   across processes;
-//! - lookups: a per-user token bucket in memory, see [`crate::ratelimit`].
+//! - lookups: a per-user token bucket in memory, see [`crate::ratelimit`];
+//! - link codes: see [`RegistrationConfig`] and [`crate::link`]; link
+//!   attempts, a per-address token bucket like verifications.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -26,8 +35,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRef, State};
-use axum::routing::post;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::routing::{delete, get, post};
 use axum::{BoxError, Extension, Json, Router};
 use http::StatusCode;
 
@@ -38,17 +48,21 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::code;
 use crate::error::{AppError, Internal};
-use crate::events::DeviceEvents;
+use crate::events::{DeviceEvents, UnlinkReason};
 use crate::extract::JsonBody;
+use crate::link::{self, LinkCode};
 use crate::phone::is_e164;
 use crate::ratelimit::{IpRateLimiter, UserRateLimiter};
 use crate::sms::{SmsError, SmsSender};
-use crate::store::{self, AccountStore, CodeCheck, CodePolicy, CodeRequest};
+use crate::store::{
+    self, AccountStore, CodeCheck, CodePolicy, CodeRequest, LinkCodeRequest, LinkPolicy,
+    Redemption, StoreError, Unlink,
+};
 use parley_identity::{Authenticator, BearerDevice, TokenKeys};
 
 /// Every route and the statuses it answers with (docs/protocol.md), so the
 /// server can show every `(route, status)` series from the start.
-pub const ROUTES: [(&str, &[u16]); 3] = [
+pub const ROUTES: [(&str, &[u16]); 8] = [
     (
         "/v1/registration/code",
         &[202, 400, 413, 429, 500, 502, 503],
@@ -58,7 +72,28 @@ pub const ROUTES: [(&str, &[u16]); 3] = [
         &[200, 400, 401, 404, 410, 413, 429, 500, 503],
     ),
     ("/v1/contacts/lookup", &[200, 400, 401, 413, 429, 500, 503]),
+    ("/v1/devices/link-code", &[201, 401, 403, 409, 500, 503]),
+    (
+        "/v1/devices/link",
+        &[200, 400, 404, 409, 413, 429, 500, 503],
+    ),
+    ("/v1/devices", &[200, 401, 500, 503]),
+    (
+        "/v1/devices/{device_id}",
+        &[204, 401, 403, 404, 409, 500, 503],
+    ),
+    ("/v1/users/{user_id}/devices", &[200, 401, 404, 500, 503]),
 ];
+
+/// Linked devices the inactivity sweep looks at per call of
+/// [`RegistrationState::unlink_inactive`]: one call is a bounded amount of
+/// work (and of sessions to close at once); the caller calls again while
+/// calls come back full.
+pub const SWEEP_BATCH: u32 = 500;
+
+/// Link codes drawn before giving up when their ids are taken (ids are 40
+/// random bits; see [`crate::link`]).
+const LINK_CODE_DRAWS: u32 = 8;
 
 /// Largest accepted request body. A lookup of 1000 numbers is about 20 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -103,6 +138,21 @@ pub struct RegistrationConfig {
     pub request_timeout: Duration,
     /// Requests handled at once; more are refused with 503 (256).
     pub max_in_flight: usize,
+    /// How long a link code is valid (10 min).
+    pub link_code_ttl: Duration,
+    /// Wrong tries that kill a link code (3).
+    pub link_code_attempts: u32,
+    /// Devices an account may have, the primary included (5). Checked when
+    /// a link code is made and when it is redeemed.
+    pub max_devices: u32,
+    /// Linked devices not seen for this long are unlinked by
+    /// [`RegistrationState::unlink_inactive`] (30 days). Never the primary.
+    pub inactive_after: Duration,
+    /// Link attempts from one client address (token bucket), like
+    /// verifications: the per-code limit stops guessing one code; this
+    /// stops guessing many.
+    pub links_per_ip_burst: u32,
+    pub links_per_ip_per_minute: u32,
 }
 
 impl Default for RegistrationConfig {
@@ -123,6 +173,12 @@ impl Default for RegistrationConfig {
             sms_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_in_flight: 256,
+            link_code_ttl: Duration::from_secs(10 * 60),
+            link_code_attempts: 3,
+            max_devices: 5,
+            inactive_after: Duration::from_secs(30 * 24 * 60 * 60),
+            links_per_ip_burst: 20,
+            links_per_ip_per_minute: 10,
         }
     }
 }
@@ -155,6 +211,11 @@ impl RegistrationConfig {
         positive(!self.sms_timeout.is_zero(), "sms_timeout");
         positive(!self.request_timeout.is_zero(), "request_timeout");
         positive(self.max_in_flight > 0, "max_in_flight");
+        positive(!self.link_code_ttl.is_zero(), "link_code_ttl");
+        positive(self.link_code_attempts > 0, "link_code_attempts");
+        positive(self.max_devices > 0, "max_devices");
+        positive(!self.inactive_after.is_zero(), "inactive_after");
+        positive(self.links_per_ip_burst > 0, "links_per_ip_burst");
         if self.sms_timeout >= self.request_timeout {
             problems.push(
                 "sms_timeout must be shorter than request_timeout, so a slow SMS is \
@@ -177,6 +238,14 @@ impl RegistrationConfig {
             max_attempts: self.max_attempts,
         }
     }
+
+    fn link_policy(&self) -> LinkPolicy {
+        LinkPolicy {
+            ttl: self.link_code_ttl,
+            max_attempts: self.link_code_attempts,
+            max_devices: self.max_devices,
+        }
+    }
 }
 
 /// Cheap clonable handle to everything the handlers share.
@@ -195,6 +264,7 @@ struct Inner {
     lookup_limiter: UserRateLimiter,
     codes_per_ip: IpRateLimiter,
     verifies_per_ip: IpRateLimiter,
+    links_per_ip: IpRateLimiter,
     config: RegistrationConfig,
     /// Unix ms after which the next code request prunes old rows. Atomic so
     /// that exactly one concurrent request wins each pruning turn.
@@ -262,6 +332,8 @@ impl RegistrationState {
             config.verifies_per_ip_burst,
             config.verifies_per_ip_per_minute,
         );
+        let links_per_ip =
+            IpRateLimiter::new(config.links_per_ip_burst, config.links_per_ip_per_minute);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -272,6 +344,7 @@ impl RegistrationState {
                 lookup_limiter,
                 codes_per_ip,
                 verifies_per_ip,
+                links_per_ip,
                 metrics: RegistrationMetrics::default(),
                 config,
                 next_prune_ms: AtomicI64::new(0),
@@ -309,6 +382,41 @@ impl RegistrationState {
             Err(e) => tracing::warn!(error = %e, "pruning old code history failed"),
         }
     }
+
+    /// Unlinks up to [`SWEEP_BATCH`] linked devices not seen for
+    /// [`RegistrationConfig::inactive_after`] before `now_ms` (never a
+    /// primary), telling [`DeviceEvents`] of each; returns how many. The
+    /// server calls it periodically, and again at once while it returns a
+    /// full batch.
+    pub async fn unlink_inactive(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let after = i64::try_from(inner.config.inactive_after.as_millis()).unwrap_or(i64::MAX);
+        let seen_before = now_ms.saturating_sub(after);
+        let candidates = inner
+            .store
+            .inactive_devices(seen_before, SWEEP_BATCH)
+            .await?;
+        let mut unlinked = 0;
+        for device in candidates {
+            // Checked again one by one: it may have connected since.
+            if inner.store.unlink_if_inactive(device, seen_before).await? {
+                unlinked += 1;
+                self.unlinked(device.user, device.device, UnlinkReason::Inactive);
+            }
+        }
+        Ok(unlinked)
+    }
+
+    /// A committed unlinking: counted, logged, and told to the process.
+    fn unlinked(&self, user: u64, device: u64, reason: UnlinkReason) {
+        self.inner
+            .metrics
+            .devices_unlinked
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+        tracing::info!(user, device, reason = reason.label(), "device unlinked");
+        self.inner.events.device_unlinked(user, device, reason);
+    }
 }
 
 impl FromRef<RegistrationState> for Authenticator {
@@ -337,6 +445,11 @@ pub fn router(state: RegistrationState) -> Router {
         .route(ROUTES[0].0, post(request_code))
         .route(ROUTES[1].0, post(verify))
         .route(ROUTES[2].0, post(lookup))
+        .route(ROUTES[3].0, post(make_link_code))
+        .route(ROUTES[4].0, post(link))
+        .route(ROUTES[5].0, get(list_devices))
+        .route(ROUTES[6].0, delete(unlink))
+        .route(ROUTES[7].0, get(user_devices))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(limits)
         .with_state(state)
@@ -475,16 +588,19 @@ async fn verify(
         .codes_verified
         .get_or_create(&[("outcome", outcome)])
         .inc();
-    // Committed: from here on the old device's credential is refused.
-    if let Some(old_device) = registration.replaced_device {
+    // Committed: from here on the old devices' credentials are refused.
+    if let Some(old_primary) = registration.replaced_device {
         tracing::info!(
             user = registration.user,
-            "device replaced by re-registration"
+            linked_removed = registration.removed_linked.len(),
+            "account re-registered: its devices were replaced"
         );
-        state
-            .inner
-            .events
-            .device_replaced(registration.user, old_device);
+        state.inner.events.account_reregistered(
+            registration.user,
+            old_primary,
+            registration.removed_linked.clone(),
+            registration.device,
+        );
     } else {
         tracing::info!(user = registration.user, "account created");
     }
@@ -564,9 +680,256 @@ async fn lookup(
     Ok(Json(LookupResponse { contacts }))
 }
 
+#[derive(Serialize)]
+struct LinkCodeResponse {
+    code: String,
+    expires_in: u64,
+}
+
+/// A new link code for the caller's account, replacing its previous one.
+#[tracing::instrument(skip_all, fields(user = device.0.user))]
+async fn make_link_code(
+    State(state): State<RegistrationState>,
+    device: BearerDevice,
+) -> Result<(StatusCode, Json<LinkCodeResponse>), AppError> {
+    let claims = device.0;
+    let config = &state.inner.config;
+    let now = store::now_millis();
+    state.maybe_prune(now).await;
+    for _ in 0..LINK_CODE_DRAWS {
+        let code = LinkCode::generate();
+        let made = state
+            .inner
+            .store
+            .create_link_code(
+                claims.user,
+                claims.device,
+                code.id(),
+                &code.secret_hash(),
+                now,
+                &config.link_policy(),
+            )
+            .await?;
+        match made {
+            LinkCodeRequest::Created => {
+                state.inner.metrics.link_codes_issued.inc();
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(LinkCodeResponse {
+                        code: code.display(),
+                        expires_in: config.link_code_ttl.as_secs(),
+                    }),
+                ));
+            }
+            LinkCodeRequest::NotPrimary => return Err(AppError::PrimaryOnly),
+            LinkCodeRequest::DeviceLimit => {
+                return Err(AppError::DeviceLimit {
+                    max: config.max_devices,
+                });
+            }
+            LinkCodeRequest::IdTaken => {}
+        }
+    }
+    Err(StoreError::IdExhausted.into())
+}
+
+#[derive(Deserialize)]
+struct LinkBody {
+    code: String,
+    name: String,
+}
+
+/// A new device joins the account whose primary made `code`.
+#[tracing::instrument(skip_all)]
+async fn link(
+    State(state): State<RegistrationState>,
+    client: Option<Extension<ClientIp>>,
+    JsonBody(body): JsonBody<LinkBody>,
+) -> Result<Json<VerifyResponse>, AppError> {
+    let refused = |code: &'static str, err: AppError| {
+        state
+            .inner
+            .metrics
+            .link_failures
+            .get_or_create(&[("code", code)])
+            .inc();
+        err
+    };
+    if !link::valid_name(&body.name) {
+        return Err(refused(
+            "INVALID_REQUEST",
+            AppError::InvalidRequest(format!(
+                "name must be 1 to {} bytes of printable text",
+                link::MAX_NAME_BYTES
+            )),
+        ));
+    }
+    state.check_ip(&state.inner.links_per_ip, client, "links_per_ip")?;
+    // What cannot be a code is refused like a wrong one: one answer for
+    // every code that does not link.
+    let Some(code) = LinkCode::parse(&body.code) else {
+        return Err(refused("LINK_CODE_INVALID", AppError::LinkCodeInvalid));
+    };
+    let config = &state.inner.config;
+    let redeemed = state
+        .inner
+        .store
+        .redeem_link_code(
+            code.id(),
+            &code.secret_hash(),
+            &body.name,
+            store::now_millis(),
+            config.max_devices,
+        )
+        .await?;
+    let linked = match redeemed {
+        Redemption::Linked(linked) => linked,
+        Redemption::Invalid => return Err(refused("LINK_CODE_INVALID", AppError::LinkCodeInvalid)),
+        Redemption::DeviceLimit => {
+            return Err(refused(
+                "DEVICE_LIMIT",
+                AppError::DeviceLimit {
+                    max: config.max_devices,
+                },
+            ));
+        }
+    };
+    state.inner.metrics.devices_linked.inc();
+    tracing::info!(user = linked.user, device = linked.device, "device linked");
+    state.inner.events.device_linked(linked.user, linked.device);
+    let token = state.inner.keys.issue(
+        linked.user,
+        linked.device,
+        linked.generation,
+        config.token_ttl,
+    )?;
+    Ok(Json(VerifyResponse {
+        user_id: linked.user.to_string(),
+        device_id: linked.device.to_string(),
+        token,
+    }))
+}
+
+#[derive(Serialize)]
+struct DevicesResponse {
+    devices: Vec<DeviceEntry>,
+}
+
+#[derive(Serialize)]
+struct DeviceEntry {
+    device_id: String,
+    name: String,
+    primary: bool,
+    /// Unix seconds.
+    created_at: i64,
+    /// Unix seconds; to within an hour.
+    last_seen_at: i64,
+}
+
+/// The caller's account's devices, for any of them.
+#[tracing::instrument(skip_all, fields(user = device.0.user))]
+async fn list_devices(
+    State(state): State<RegistrationState>,
+    device: BearerDevice,
+) -> Result<Json<DevicesResponse>, AppError> {
+    let devices = state.inner.store.devices(device.0.user).await?;
+    Ok(Json(DevicesResponse {
+        devices: devices
+            .into_iter()
+            .map(|d| DeviceEntry {
+                device_id: d.device.to_string(),
+                name: d.name,
+                primary: d.primary,
+                created_at: d.created_at_ms.div_euclid(1000),
+                last_seen_at: d.last_seen_at_ms.div_euclid(1000),
+            })
+            .collect(),
+    }))
+}
+
+/// An id in a path: decimal in `1..=i64::MAX`, the range ids are drawn
+/// from; anything else names nothing.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Option<u64> {
+    let Path(text) = path.ok()?;
+    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|id| (1..=i64::MAX as u64).contains(id))
+}
+
+/// Unlinks a device of the caller's account (see [`AccountStore::unlink`]
+/// for who may).
+#[tracing::instrument(skip_all, fields(user = device.0.user))]
+async fn unlink(
+    State(state): State<RegistrationState>,
+    device: BearerDevice,
+    target: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, AppError> {
+    let claims = device.0;
+    let target = path_id(target).ok_or(AppError::NoSuchDevice)?;
+    match state
+        .inner
+        .store
+        .unlink(claims.user, claims.device, target)
+        .await?
+    {
+        Unlink::Unlinked => {
+            state.unlinked(claims.user, target, UnlinkReason::User);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Unlink::NoSuchDevice => Err(AppError::NoSuchDevice),
+        Unlink::PrimaryDevice => Err(AppError::PrimaryDevice),
+        Unlink::Forbidden => Err(AppError::Forbidden),
+    }
+}
+
+#[derive(Serialize)]
+struct UserDevicesResponse {
+    devices: Vec<String>,
+}
+
+/// Another user's device ids (no names, no times), for apps that encrypt
+/// one body per device.
+#[tracing::instrument(skip_all, fields(user = device.0.user))]
+async fn user_devices(
+    State(state): State<RegistrationState>,
+    device: BearerDevice,
+    user: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserDevicesResponse>, AppError> {
+    let _ = device;
+    let user = path_id(user).ok_or(AppError::NoSuchUser)?;
+    let ids = state.inner.store.device_ids(user).await?;
+    if ids.is_empty() {
+        return Err(AppError::NoSuchUser);
+    }
+    Ok(Json(UserDevicesResponse {
+        devices: ids.iter().map(u64::to_string).collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_ids() {
+        let id = |text: &str| path_id(Ok(Path(text.to_owned())));
+        assert_eq!(id("1"), Some(1));
+        assert_eq!(id("9223372036854775807"), Some(i64::MAX as u64));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1x",
+            "9223372036854775808",
+            "00000000000000000001",
+        ] {
+            assert_eq!(id(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn default_config_is_valid() {
@@ -580,9 +943,11 @@ mod tests {
             max_attempts: 0,
             lookup_max_phones: 0,
             sms_timeout: Duration::from_secs(20),
+            max_devices: 0,
+            link_code_attempts: 0,
             ..RegistrationConfig::default()
         };
         let err = config.validate().expect_err("invalid");
-        assert_eq!(err.problems.len(), 4, "{err}");
+        assert_eq!(err.problems.len(), 6, "{err}");
     }
 }

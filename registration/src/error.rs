@@ -2,8 +2,8 @@
 //!
 //! Every error response has the body
 //! `{"error": {"code": "<CODE>", "message": "<human readable>"}}`, with
-//! `attempts_left` (WRONG_CODE) or `retry_after` (RATE_LIMITED, UNAVAILABLE;
-//! seconds) added inside the `error` object. Responses with `retry_after`
+//! `attempts_left` (WRONG_CODE), `retry_after` (RATE_LIMITED, UNAVAILABLE;
+//! seconds) or `max_devices` (DEVICE_LIMIT) added inside the `error` object. Responses with `retry_after`
 //! also carry a `Retry-After` header with the same number.
 //!
 //! | code | status | when |
@@ -15,14 +15,21 @@
 //! | `WRONG_CODE` | 401 | wrong code; `attempts_left` guesses remain |
 //! | `NO_PENDING_CODE` | 404 | no code requested, already used, or killed by wrong guesses |
 //! | `CODE_EXPIRED` | 410 | the code's time ran out; request a new one |
+//! | `SMS_FAILED` | 502 | the SMS could not be sent; it did not count against the limits |
+//! | `UNAVAILABLE` | 503 | the server is at its concurrency limit or the request timed out |
+//! | `INTERNAL` | 500 | anything else; details are logged, never returned |
+//! | `PRIMARY_ONLY` | 403 | only the primary device may make link codes |
+//! | `FORBIDDEN` | 403 | a linked device tried to unlink another device |
+//! | `LINK_CODE_INVALID` | 404 | unknown, expired, used or killed link code (one answer for all) |
+//! | `NO_SUCH_DEVICE` | 404 | not a device of this account |
+//! | `NO_SUCH_USER` | 404 | no registered user has this id |
+//! | `DEVICE_LIMIT` | 409 | the account has its most devices; unlink one first |
+//! | `PRIMARY_DEVICE` | 409 | the primary device cannot be unlinked |
 //!
 //! Credential refusals (`401 UNAUTHORIZED`, `TOKEN_INVALID`,
 //! `TOKEN_EXPIRED`, `TOKEN_REVOKED`) come from
 //! `parley_identity::BearerDevice` in the same shape: the vocabulary of the
 //! gateway's upgrade too.
-//! | `SMS_FAILED` | 502 | the SMS could not be sent; it did not count against the limits |
-//! | `UNAVAILABLE` | 503 | the server is at its concurrency limit or the request timed out |
-//! | `INTERNAL` | 500 | anything else; details are logged, never returned |
 
 use std::time::Duration;
 
@@ -54,6 +61,24 @@ pub enum AppError {
     CodeExpired,
     #[error("the SMS could not be sent")]
     SmsFailed(#[source] SmsError),
+    #[error("only the primary device (the phone registered by SMS) can make link codes")]
+    PrimaryOnly,
+    #[error("a linked device can unlink only itself; ask the primary device")]
+    Forbidden,
+    #[error(
+        "this link code is not valid (wrong, expired, used, or killed by wrong tries); make a new one on the primary device"
+    )]
+    LinkCodeInvalid,
+    #[error("no such device on this account")]
+    NoSuchDevice,
+    #[error("no such user")]
+    NoSuchUser,
+    #[error(
+        "this account has the most devices it may have ({max}, the primary included); unlink one first"
+    )]
+    DeviceLimit { max: u32 },
+    #[error("the primary device cannot be unlinked; register the number on another phone instead")]
+    PrimaryDevice,
     #[error("server busy, retry later")]
     Unavailable,
     #[error("internal error")]
@@ -94,6 +119,13 @@ impl AppError {
             Self::NoPendingCode => "NO_PENDING_CODE",
             Self::CodeExpired => "CODE_EXPIRED",
             Self::SmsFailed(_) => "SMS_FAILED",
+            Self::PrimaryOnly => "PRIMARY_ONLY",
+            Self::Forbidden => "FORBIDDEN",
+            Self::LinkCodeInvalid => "LINK_CODE_INVALID",
+            Self::NoSuchDevice => "NO_SUCH_DEVICE",
+            Self::NoSuchUser => "NO_SUCH_USER",
+            Self::DeviceLimit { .. } => "DEVICE_LIMIT",
+            Self::PrimaryDevice => "PRIMARY_DEVICE",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -108,6 +140,9 @@ impl AppError {
             Self::NoPendingCode => StatusCode::NOT_FOUND,
             Self::CodeExpired => StatusCode::GONE,
             Self::SmsFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::PrimaryOnly | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::LinkCodeInvalid | Self::NoSuchDevice | Self::NoSuchUser => StatusCode::NOT_FOUND,
+            Self::DeviceLimit { .. } | Self::PrimaryDevice => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +175,8 @@ struct ErrorObject<'a> {
     attempts_left: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_devices: Option<u32>,
 }
 
 impl IntoResponse for AppError {
@@ -161,6 +198,10 @@ impl IntoResponse for AppError {
                     _ => None,
                 },
                 retry_after,
+                max_devices: match self {
+                    Self::DeviceLimit { max } => Some(max),
+                    _ => None,
+                },
             },
         };
         let mut response = (self.status(), Json(body)).into_response();

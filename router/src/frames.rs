@@ -5,10 +5,10 @@
 //! bytes as they are.
 
 use bytes::Bytes;
-use parley_proto::v1::{Deliver, Receipt, ReceiptKind, ServerFrame, server_frame};
+use parley_proto::v1::{Deliver, ReadSync, Receipt, ReceiptKind, ServerFrame, server_frame};
 use prost::Message;
 
-use crate::UserId;
+use crate::{Device, DeviceId, UserId};
 
 /// The most bytes of encoded message ids in one receipt. A receipt must fit
 /// the frame limit that the phone receiving it enforces; a phone's
@@ -46,29 +46,73 @@ fn encode(frame: server_frame::Frame) -> Bytes {
     Bytes::from(ServerFrame { frame: Some(frame) }.encode_to_vec())
 }
 
-pub(crate) fn deliver(message_id: u64, from: UserId, timestamp_ms: u64, body: Bytes) -> Bytes {
+/// A message from `from` to `to`. The same frame goes to every device of
+/// the recipient and to the sender's other devices (which tell a copy of
+/// their own account's message by `from_user`), so it is encoded once.
+pub(crate) fn deliver(
+    message_id: u64,
+    from: Device,
+    to: UserId,
+    timestamp_ms: u64,
+    body: Bytes,
+) -> Bytes {
     encode(server_frame::Frame::Deliver(Deliver {
         message_id,
-        from_user: from,
+        from_user: from.user,
         timestamp_ms,
         body,
+        from_device: from.device,
+        to_user: to,
     }))
 }
 
+/// A receipt made by `by` (the recipient's device that received or read).
 pub(crate) fn receipt(
     receipt_id: u64,
     kind: ReceiptKind,
-    from: UserId,
+    by: Device,
     message_ids: Vec<u64>,
     timestamp_ms: u64,
 ) -> Bytes {
     encode(server_frame::Frame::Receipt(Receipt {
         receipt_id,
         kind: kind.into(),
-        from_user: from,
+        from_user: by.user,
         message_ids,
         timestamp_ms,
+        from_device: by.device,
     }))
+}
+
+/// This account read `message_ids` from `peer` on its device `by_device`.
+pub(crate) fn read_sync(
+    sync_id: u64,
+    peer: UserId,
+    message_ids: Vec<u64>,
+    by_device: DeviceId,
+    timestamp_ms: u64,
+) -> Bytes {
+    encode(server_frame::Frame::ReadSync(ReadSync {
+        sync_id,
+        peer_user: peer,
+        message_ids,
+        by_device,
+        timestamp_ms,
+    }))
+}
+
+/// A `Deliver` frame of the one-device release, with `to_user` (the
+/// recipient it was queued for) filled in; other frames as they are.
+pub(crate) fn upgraded(frame: &[u8], to: UserId) -> Bytes {
+    match ServerFrame::decode(frame) {
+        Ok(ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(mut deliver)),
+        }) => {
+            deliver.to_user = to;
+            encode(server_frame::Frame::Deliver(deliver))
+        }
+        _ => Bytes::copy_from_slice(frame),
+    }
 }
 
 pub(crate) fn queue_empty() -> Bytes {
@@ -117,10 +161,12 @@ mod tests {
         let frame = receipt(
             u64::MAX,
             ReceiptKind::Read,
-            u64::MAX,
+            Device::new(u64::MAX, u64::MAX),
             run.to_vec(),
             u64::MAX,
         );
+        assert!(frame.len() <= MAX_FRAME_BYTES);
+        let frame = read_sync(u64::MAX, u64::MAX, run.to_vec(), u64::MAX, u64::MAX);
         assert!(frame.len() <= MAX_FRAME_BYTES);
     }
 }

@@ -5,27 +5,40 @@
 //! database (why redb: `docs/journal-storage.md`) with two tables, both
 //! keyed by id, so a scan in key order is acceptance order:
 //!
-//! - `queue`: every queued message and receipt (`id → record`); an
-//!   acknowledgement or an expiry deletes the key.
-//! - `sent`: the recent sends of each device (`message id → sender, device,
-//!   client_msg_id, timestamp`), so that a `client_msg_id` resent after a
-//!   restart is still answered with its original ack and never queued twice,
-//!   even when the original was delivered and wiped meanwhile.
+//! - `queue`: every queued message, receipt and read-sync (`id → record`),
+//!   with the devices it is still queued for and its frame, **stored once**
+//!   however many devices it goes to (or one frame per device, for a
+//!   message sent with one envelope per device). A device's
+//!   acknowledgement or an expiry releases the record for that device; the
+//!   last release deletes it.
+//! - `sent`: the recent sends of each device (`message id → sending device,
+//!   client_msg_id, timestamp, digest of what it carried`), so that a
+//!   `client_msg_id` resent after a restart is still answered with its
+//!   original ack and never queued twice, even when the original was
+//!   delivered and wiped meanwhile, and a reuse for another message is
+//!   still refused.
 //!
-//! Changes reach one committer thread over a channel, in the order they
-//! were made under the mailbox locks. The committer takes whatever is
-//! pending (up to [`MAX_BATCH`] changes), writes it in **one** durable
-//! redb transaction (one `fsync`: group commit), and only then makes the
-//! batch visible: queued entries become deliverable and waiting senders get
-//! their server ack. Nothing is pushed to a phone or acked to a sender that
-//! a crash could still take back.
+//! Changes reach one committer thread over a channel. The committer takes
+//! whatever is pending (up to [`MAX_BATCH`] changes), writes it in **one**
+//! durable redb transaction (one `fsync`: group commit), and only then
+//! makes the batch visible: queued entries become deliverable and waiting
+//! senders get their server ack. Nothing is pushed to a phone or acked to a
+//! sender that a crash could still take back.
 //!
 //! A failed commit (disk full, I/O error) is retried with a backoff, with
 //! the same batch, for as long as it fails: senders wait (their phones see
 //! no ack and resend after reconnecting), nothing is dropped, and the error
 //! is logged and counted.
+//!
+//! **Formats.** Records carry their format in their first byte. Format 1
+//! was written by the one-device release (mailboxes keyed by user); a
+//! journal holding it is upgraded in place when it is opened
+//! ([`Journal::open`] with an [`Upgrade`]), in one transaction: each
+//! user-keyed record is re-keyed to the device the user has now. Any other
+//! format refuses to load rather than guess.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,14 +47,15 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
 use crate::metrics::JournalMetrics;
-use crate::{DeviceId, UserId};
+use crate::{Device, DeviceId, UserId};
 
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const SENT: TableDefinition<u64, &[u8]> = TableDefinition::new("sent");
 
-/// The format of the records below; a journal holding any other refuses to
-/// load rather than guess.
-const FORMAT: u8 = 1;
+/// The format this release writes.
+const FORMAT: u8 = 2;
+/// The one-device release's format, upgraded at open.
+const FORMAT_V1: u8 = 1;
 
 /// Most ops in one commit. Large enough that a busy node's commits are
 /// never the limit (docs/journal-storage.md: ~500-record batches commit in
@@ -93,6 +107,10 @@ pub enum JournalError {
         key: u64,
         why: &'static str,
     },
+    #[error(
+        "journal {path} was written by an older release (format 1) and must be upgraded, which needs the account store"
+    )]
+    NeedsUpgrade { path: String },
     #[error("journal {path}: cannot start the committer thread: {source}")]
     Thread {
         path: String,
@@ -109,75 +127,223 @@ pub enum JournalError {
     Stopped,
 }
 
-/// A queued message or receipt as the journal keeps it.
+/// How a format-1 journal's records find their devices: the device each
+/// user has now (`None`: the user is gone, and so are their records).
+pub type Upgrade<'a> = &'a dyn Fn(UserId) -> Option<DeviceId>;
+
+/// What an entry is, as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RecordKind {
+    /// A message from `sender`, whose DELIVERED receipts go to `notify`
+    /// (the sender's devices when it was sent; empty: the sending device).
+    Message {
+        sender: Device,
+        notify: Option<Arc<[DeviceId]>>,
+    },
+    /// A receipt or a read-sync (acknowledged alike).
+    Receipt,
+}
+
+/// The frames of an entry: one for every target, or one each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Frames {
+    Shared(Bytes),
+    /// In the order of the record's targets.
+    PerTarget(Vec<Bytes>),
+}
+
+/// A queued entry as the journal keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct QueuedRecord {
     pub(crate) id: u64,
-    pub(crate) recipient: UserId,
-    /// The sender of a message; `None` for a receipt.
-    pub(crate) sender: Option<UserId>,
-    /// The encoded `ServerFrame`.
-    pub(crate) frame: Bytes,
+    pub(crate) kind: RecordKind,
+    /// The devices it is still queued for.
+    pub(crate) targets: Vec<Device>,
+    pub(crate) frames: Frames,
+}
+
+impl QueuedRecord {
+    /// The frame for the target at `index`.
+    pub(crate) fn frame(&self, index: usize) -> Option<&Bytes> {
+        match &self.frames {
+            Frames::Shared(frame) => Some(frame),
+            Frames::PerTarget(frames) => frames.get(index),
+        }
+    }
 }
 
 /// One send remembered for de-duplication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SentRecord {
     pub(crate) message_id: u64,
-    pub(crate) user: UserId,
-    pub(crate) device: DeviceId,
+    pub(crate) device: Device,
     pub(crate) client_msg_id: u64,
     pub(crate) timestamp_ms: u64,
+    /// What the send carried (recipient and bodies); 0 for sends upgraded
+    /// from format 1, which did not keep it.
+    pub(crate) digest: u64,
 }
 
-/// Queue record: format, kind (0 message, 1 receipt), recipient, sender (0
-/// for a receipt), then the frame. Integers little-endian.
-const QUEUED_HEADER: usize = 1 + 1 + 8 + 8;
+/// Little-endian reader over a record.
+struct Reader<'a>(&'a [u8]);
 
-impl QueuedRecord {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.clear();
-        out.push(FORMAT);
-        out.push(u8::from(self.sender.is_none()));
-        out.extend_from_slice(&self.recipient.to_le_bytes());
-        out.extend_from_slice(&self.sender.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&self.frame);
-    }
-
-    fn decode(id: u64, bytes: &[u8]) -> Result<Self, &'static str> {
-        if bytes.len() < QUEUED_HEADER {
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
+        if self.0.len() < n {
             return Err("too short");
         }
-        if bytes[0] != FORMAT {
-            return Err("unknown format");
-        }
-        let recipient = le_u64(&bytes[2..10]);
-        let sender = match bytes[1] {
-            0 => Some(le_u64(&bytes[10..18])),
-            1 => None,
-            _ => return Err("unknown kind"),
-        };
-        Ok(Self {
-            id,
-            recipient,
-            sender,
-            frame: Bytes::copy_from_slice(&bytes[QUEUED_HEADER..]),
-        })
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let mut le = [0; 2];
+        le.copy_from_slice(self.take(2)?);
+        Ok(u16::from_le_bytes(le))
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let mut le = [0; 4];
+        le.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(le))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let mut le = [0; 8];
+        le.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(le))
+    }
+    fn device(&mut self) -> Result<Device, &'static str> {
+        Ok(Device::new(self.u64()?, self.u64()?))
+    }
+    fn bytes(&mut self) -> Result<Bytes, &'static str> {
+        let len = self.u32()? as usize;
+        Ok(Bytes::copy_from_slice(self.take(len)?))
     }
 }
 
-/// Sent record: format, user, device, client_msg_id, timestamp.
-const SENT_LEN: usize = 1 + 4 * 8;
+fn put_u16(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_device(out: &mut Vec<u8>, device: Device) {
+    out.extend_from_slice(&device.user.to_le_bytes());
+    out.extend_from_slice(&device.device.to_le_bytes());
+}
+
+/// Queue record, format 2: format, kind (0 message, 1 receipt); for a
+/// message the sender (user, device) and the notified devices (count, ids;
+/// none: the sender's device); the targets (count, (user, device)...);
+/// the frames: 0 and one shared frame, or 1 and one frame per target.
+/// Lengths u16 (counts) and u32 (frames); integers little-endian.
+impl QueuedRecord {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(FORMAT);
+        match &self.kind {
+            RecordKind::Message { sender, notify } => {
+                out.push(0);
+                put_device(out, *sender);
+                let notify = notify.as_deref().unwrap_or(&[]);
+                put_u16(out, notify.len());
+                for device in notify {
+                    out.extend_from_slice(&device.to_le_bytes());
+                }
+            }
+            RecordKind::Receipt => out.push(1),
+        }
+        put_u16(out, self.targets.len());
+        for target in &self.targets {
+            put_device(out, *target);
+        }
+        match &self.frames {
+            Frames::Shared(frame) => {
+                out.push(0);
+                put_bytes(out, frame);
+            }
+            Frames::PerTarget(frames) => {
+                out.push(1);
+                for frame in frames {
+                    put_bytes(out, frame);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn decode(id: u64, bytes: &[u8]) -> Result<Self, &'static str> {
+        let mut r = Reader(bytes);
+        if r.u8()? != FORMAT {
+            return Err("unknown format");
+        }
+        let kind = match r.u8()? {
+            0 => {
+                let sender = r.device()?;
+                let n = r.u16()? as usize;
+                let mut notify = Vec::with_capacity(n);
+                for _ in 0..n {
+                    notify.push(r.u64()?);
+                }
+                RecordKind::Message {
+                    sender,
+                    notify: (!notify.is_empty()).then(|| notify.into()),
+                }
+            }
+            1 => RecordKind::Receipt,
+            _ => return Err("unknown kind"),
+        };
+        let n = r.u16()? as usize;
+        let mut targets = Vec::with_capacity(n);
+        for _ in 0..n {
+            targets.push(r.device()?);
+        }
+        let frames = match r.u8()? {
+            0 => Frames::Shared(r.bytes()?),
+            1 => Frames::PerTarget((0..n).map(|_| r.bytes()).collect::<Result<_, _>>()?),
+            _ => return Err("unknown frame mode"),
+        };
+        if !r.0.is_empty() {
+            return Err("trailing bytes");
+        }
+        Ok(Self {
+            id,
+            kind,
+            targets,
+            frames,
+        })
+    }
+
+    /// Stops holding the entry for `device`. `true` if no target is left.
+    fn release(&mut self, device: Device) -> bool {
+        if let Some(at) = self.targets.iter().position(|t| *t == device) {
+            self.targets.remove(at);
+            if let Frames::PerTarget(frames) = &mut self.frames {
+                frames.remove(at);
+            }
+        }
+        self.targets.is_empty()
+    }
+}
+
+/// Sent record, format 2: format, user, device, client_msg_id, timestamp,
+/// digest.
+const SENT_LEN: usize = 1 + 5 * 8;
 
 impl SentRecord {
     fn encode(&self) -> [u8; SENT_LEN] {
         let mut out = [0; SENT_LEN];
         out[0] = FORMAT;
         for (at, value) in [
-            self.user,
-            self.device,
+            self.device.user,
+            self.device.device,
             self.client_msg_id,
             self.timestamp_ms,
+            self.digest,
         ]
         .into_iter()
         .enumerate()
@@ -194,42 +360,45 @@ impl SentRecord {
         if bytes[0] != FORMAT {
             return Err("unknown format");
         }
+        let mut r = Reader(&bytes[1..]);
         Ok(Self {
             message_id,
-            user: le_u64(&bytes[1..9]),
-            device: le_u64(&bytes[9..17]),
-            client_msg_id: le_u64(&bytes[17..25]),
-            timestamp_ms: le_u64(&bytes[25..33]),
+            device: r.device()?,
+            client_msg_id: r.u64()?,
+            timestamp_ms: r.u64()?,
+            digest: r.u64()?,
         })
     }
-}
-
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut le = [0; 8];
-    le.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(le)
 }
 
 /// One unit of work for the committer; all of an op's changes land in the
 /// same transaction.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// A message was accepted: queue it, remember the send, forget the
-    /// sends the device's log dropped. `done` fires once it is durable.
-    Send {
-        message: QueuedRecord,
-        sent: SentRecord,
+    /// An entry was queued (a message with its send record, and the sends
+    /// the device's log dropped). `done` fires once it is durable.
+    Queue {
+        record: QueuedRecord,
+        sent: Option<SentRecord>,
         forgotten: Vec<u64>,
-        done: oneshot::Sender<()>,
+        done: Option<oneshot::Sender<()>>,
     },
-    /// Entries wiped (acknowledged or expired) and the receipts that
-    /// produced: together, so a receipt is never lost between the delete
-    /// of its message and its own insert.
+    /// Entries released by devices (acknowledged, expired, or dropped with
+    /// a removed device) and the receipts that produced: together, so a
+    /// receipt is never lost between the release of its message and its
+    /// own insert.
     Change {
-        removed: Vec<u64>,
-        receipts: Vec<QueuedRecord>,
+        released: Vec<(u64, Device)>,
+        queued: Vec<QueuedRecord>,
     },
-    /// Sends no longer remembered (after the replay).
+    /// Entries queued for `from` now belong to `to` (a re-registered
+    /// phone's queue goes to its new device).
+    Retarget {
+        from: Device,
+        to: Device,
+        ids: Vec<u64>,
+    },
+    /// Sends no longer remembered.
     Forget(Vec<u64>),
     /// Fires once every op submitted before it is durable.
     Barrier(oneshot::Sender<()>),
@@ -267,20 +436,32 @@ pub(crate) struct Replayed {
     pub(crate) file_bytes: (u64, u64),
     /// Bytes of keys and values the journal holds.
     pub(crate) live_bytes: u64,
+    /// What an upgrade from format 1 did, if one ran.
+    pub(crate) upgraded: Option<Upgraded>,
+}
+
+/// An upgrade from format 1, in numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upgraded {
+    /// Records re-keyed to a device.
+    pub records: u64,
+    /// Records of users that no longer exist, dropped.
+    pub dropped: u64,
+    pub elapsed_ms: u64,
 }
 
 impl Replayed {
     /// The highest id in the journal (0 if empty): new ids must be above it.
     pub(crate) fn max_id(&self) -> u64 {
         let queued = self.queued.last().map_or(0, |r| r.id);
-        let sent = self.sent.last().map_or(0, |s| s.message_id);
+        let sent = self.sent.iter().map(|s| s.message_id).max().unwrap_or(0);
         queued.max(sent)
     }
 }
 
 /// Told, on the committer thread, which entries a commit made durable
-/// (recipient, id), before the waiting senders are answered.
-pub(crate) type OnDurable = Box<dyn Fn(&[(UserId, u64)]) + Send>;
+/// (device, id), before the waiting senders are answered.
+pub(crate) type OnDurable = Box<dyn Fn(&[(Device, u64)]) + Send>;
 
 /// The handle the router keeps: the channel to the committer.
 #[derive(Debug)]
@@ -289,11 +470,48 @@ pub(crate) struct Journal {
     committer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether the journal at `config.path` holds records of the one-device
+/// release (format 1), which [`Journal::open`] upgrades given an
+/// [`Upgrade`]. `false` for a missing or empty journal.
+pub fn needs_upgrade(config: &JournalConfig) -> Result<bool, JournalError> {
+    if !config.path.exists() {
+        return Ok(false);
+    }
+    let path = config.path.display().to_string();
+    let fail = |source: redb::Error| JournalError::Open {
+        path: path.clone(),
+        source,
+    };
+    let db = redb::Database::builder()
+        .set_cache_size(config.cache_bytes)
+        .open(&config.path)
+        .map_err(|e| fail(e.into()))?;
+    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+    for table in [QUEUE, SENT] {
+        let rows = match txn.open_table(table) {
+            Ok(rows) => rows,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(fail(e.into())),
+        };
+        if let Some(row) = rows.first().map_err(|e| fail(e.into()))?
+            && row.1.value().first() == Some(&FORMAT_V1)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl Journal {
-    /// Opens (or creates) the journal, reads everything in it and compacts
-    /// the file if it is much larger than what it holds. Blocking: run it
-    /// before taking traffic.
-    pub(crate) fn open(config: &JournalConfig) -> Result<(redb::Database, Replayed), JournalError> {
+    /// Opens (or creates) the journal, upgrades it in place if it was
+    /// written by the one-device release (with `upgrade`; without one such
+    /// a journal is refused), reads everything in it and compacts the file
+    /// if it is much larger than what it holds. Blocking: run it before
+    /// taking traffic.
+    pub(crate) fn open(
+        config: &JournalConfig,
+        upgrade: Option<Upgrade<'_>>,
+    ) -> Result<(redb::Database, Replayed), JournalError> {
         let path = config.path.display().to_string();
         let fail = |source: redb::Error| JournalError::Open {
             path: path.clone(),
@@ -313,6 +531,11 @@ impl Journal {
         txn.commit().map_err(|e| fail(e.into()))?;
 
         let mut replayed = Replayed::default();
+        if needs_upgrade_open(&db, &path)? {
+            let upgrade =
+                upgrade.ok_or_else(|| JournalError::NeedsUpgrade { path: path.clone() })?;
+            replayed.upgraded = Some(upgrade_v1(&db, &path, upgrade)?);
+        }
         let mut live_bytes: u64 = 0;
         {
             let txn = db.begin_read().map_err(|e| fail(e.into()))?;
@@ -321,7 +544,8 @@ impl Journal {
         }
 
         // redb reuses freed pages but keeps its high-water mark: after a
-        // burst, give the space back while nothing else uses the file.
+        // burst (or an upgrade), give the space back while nothing else
+        // uses the file.
         let before = file_len(&config.path);
         if worth_compacting(before, live_bytes, config.compact_slack_bytes) {
             compact(&mut db, &config.path).map_err(fail)?;
@@ -398,6 +622,141 @@ impl Drop for Journal {
     }
 }
 
+/// Whether the open journal holds format-1 records. An upgrade rewrites
+/// every record in one transaction, so the first row of each table tells.
+fn needs_upgrade_open(db: &redb::Database, path: &str) -> Result<bool, JournalError> {
+    let fail = |source: redb::Error| JournalError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+    for table in [QUEUE, SENT] {
+        let rows = txn.open_table(table).map_err(|e| fail(e.into()))?;
+        if let Some(row) = rows.first().map_err(|e| fail(e.into()))?
+            && row.1.value().first() == Some(&FORMAT_V1)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Rewrites a format-1 journal as format 2, in one transaction: each
+/// user-keyed queue record goes to the device its user has now (records of
+/// users that are gone are dropped), `Deliver` frames get their `to_user`,
+/// and each remembered send keeps its device (format 1 had it) with an
+/// unknown digest.
+fn upgrade_v1(
+    db: &redb::Database,
+    path: &str,
+    upgrade: Upgrade<'_>,
+) -> Result<Upgraded, JournalError> {
+    let started = Instant::now();
+    let fail = |source: redb::Error| JournalError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let corrupt = |table: &str, key: u64, why: &'static str| JournalError::Corrupt {
+        path: path.to_owned(),
+        table: table.to_owned(),
+        key,
+        why,
+    };
+    let mut upgraded = Upgraded::default();
+    let txn = db.begin_write().map_err(|e| fail(e.into()))?;
+    {
+        let mut queue = txn.open_table(QUEUE).map_err(|e| fail(e.into()))?;
+        let rows: Vec<(u64, Vec<u8>)> = queue
+            .iter()
+            .map_err(|e| fail(e.into()))?
+            .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.into()))?;
+        let mut out = Vec::new();
+        for (id, bytes) in rows {
+            // [format 1][kind][recipient][sender][frame]
+            if bytes.len() < 18 || bytes[0] != FORMAT_V1 {
+                return Err(corrupt("queue", id, "not format 1 in a format-1 journal"));
+            }
+            let mut r = Reader(&bytes[2..18]);
+            let (recipient, sender) = (
+                r.u64().map_err(|w| corrupt("queue", id, w))?,
+                r.u64().map_err(|w| corrupt("queue", id, w))?,
+            );
+            let frame = &bytes[18..];
+            let Some(device) = upgrade(recipient) else {
+                queue.remove(id).map_err(|e| fail(e.into()))?;
+                upgraded.dropped += 1;
+                continue;
+            };
+            let target = Device::new(recipient, device);
+            let record = match bytes[1] {
+                0 => QueuedRecord {
+                    id,
+                    kind: RecordKind::Message {
+                        // A sender that is gone gets no receipt (device 0
+                        // is no device).
+                        sender: Device::new(sender, upgrade(sender).unwrap_or(0)),
+                        notify: None,
+                    },
+                    targets: vec![target],
+                    frames: Frames::Shared(crate::frames::upgraded(frame, recipient)),
+                },
+                1 => QueuedRecord {
+                    id,
+                    kind: RecordKind::Receipt,
+                    targets: vec![target],
+                    frames: Frames::Shared(Bytes::copy_from_slice(frame)),
+                },
+                _ => return Err(corrupt("queue", id, "unknown kind")),
+            };
+            record.encode(&mut out);
+            queue
+                .insert(id, out.as_slice())
+                .map_err(|e| fail(e.into()))?;
+            upgraded.records += 1;
+        }
+        let mut sent = txn.open_table(SENT).map_err(|e| fail(e.into()))?;
+        let rows: Vec<(u64, Vec<u8>)> = sent
+            .iter()
+            .map_err(|e| fail(e.into()))?
+            .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.into()))?;
+        for (message_id, bytes) in rows {
+            // [format 1][user][device][client_msg_id][timestamp]
+            if bytes.len() != 33 || bytes[0] != FORMAT_V1 {
+                return Err(corrupt(
+                    "sent",
+                    message_id,
+                    "not format 1 in a format-1 journal",
+                ));
+            }
+            let mut r = Reader(&bytes[1..]);
+            let record = SentRecord {
+                message_id,
+                device: r.device().map_err(|w| corrupt("sent", message_id, w))?,
+                client_msg_id: r.u64().map_err(|w| corrupt("sent", message_id, w))?,
+                timestamp_ms: r.u64().map_err(|w| corrupt("sent", message_id, w))?,
+                digest: 0,
+            };
+            sent.insert(message_id, record.encode().as_slice())
+                .map_err(|e| fail(e.into()))?;
+            upgraded.records += 1;
+        }
+    }
+    txn.commit().map_err(|e| fail(e.into()))?;
+    upgraded.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        path,
+        records = upgraded.records,
+        dropped = upgraded.dropped,
+        elapsed_ms = upgraded.elapsed_ms,
+        "journal upgraded from format 1 (one device per user) to format 2"
+    );
+    Ok(upgraded)
+}
+
 /// Every row of `table` in key order, decoded; adds the bytes read to
 /// `live_bytes`. A row that does not decode stops the start.
 fn scan<T>(
@@ -426,7 +785,6 @@ fn scan<T>(
     }
     Ok(records)
 }
-
 fn file_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -497,7 +855,7 @@ impl Committer {
 fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: &OnDurable) {
     let metrics = committer.metrics.clone();
     let mut batch: Vec<Op> = Vec::new();
-    let mut durable: Vec<(UserId, u64)> = Vec::new();
+    let mut durable: Vec<(Device, u64)> = Vec::new();
     let mut scratch = Vec::new();
     // Wakes up now and then when idle too: the commits that drained a
     // burst are the last for a while, and the file should shrink after them.
@@ -549,10 +907,17 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
         durable.clear();
         for op in &batch {
             match op {
-                Op::Send { message, .. } => durable.push((message.recipient, message.id)),
-                Op::Change { receipts, .. } => {
-                    durable.extend(receipts.iter().map(|r| (r.recipient, r.id)));
+                Op::Queue { record, .. } => {
+                    durable.extend(record.targets.iter().map(|t| (*t, record.id)));
                 }
+                Op::Change { queued, .. } => {
+                    for record in queued {
+                        durable.extend(record.targets.iter().map(|t| (*t, record.id)));
+                    }
+                }
+                // A moved entry may not have been durable when it moved:
+                // its new device learns it now (its old one is gone).
+                Op::Retarget { to, ids, .. } => durable.extend(ids.iter().map(|id| (*to, *id))),
                 Op::Forget(_) | Op::Barrier(_) | Op::Backup(_) => {}
             }
         }
@@ -561,12 +926,18 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
         }
         for op in batch.drain(..) {
             match op {
-                Op::Send { done, .. } | Op::Barrier(done) => {
+                Op::Queue {
+                    done: Some(done), ..
+                }
+                | Op::Barrier(done) => {
                     // The sender may have gone; then no one is waiting.
                     let _ = done.send(());
                 }
                 Op::Backup(backup) => start_backup(&committer.db, backup),
-                Op::Change { .. } | Op::Forget(_) => {}
+                Op::Queue { done: None, .. }
+                | Op::Change { .. }
+                | Op::Retarget { .. }
+                | Op::Forget(_) => {}
             }
         }
         committer.maybe_compact();
@@ -654,50 +1025,54 @@ fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Wri
     {
         let mut queue = txn.open_table(QUEUE)?;
         let mut sent = txn.open_table(SENT)?;
-        let mut put = |table: &mut redb::Table<u64, &[u8]>, key: u64, value: &[u8]| {
-            written.changes += 1;
-            written.added += 8 + value.len() as u64;
-            table.insert(key, value).map(|_| ())
-        };
-        let mut removed = Vec::new();
         for op in batch {
             match op {
-                Op::Send {
-                    message,
-                    sent: record,
+                Op::Queue {
+                    record,
+                    sent: remembered,
                     forgotten,
                     ..
                 } => {
-                    message.encode(scratch);
-                    put(&mut queue, message.id, scratch)?;
-                    put(&mut sent, record.message_id, &record.encode())?;
+                    record.encode(scratch);
+                    written.put(&mut queue, record.id, scratch)?;
+                    if let Some(remembered) = remembered {
+                        written.put(&mut sent, remembered.message_id, &remembered.encode())?;
+                    }
                     for id in forgotten {
-                        removed.push(sent.remove(*id)?.map(|v| v.value().len()));
+                        written.delete(&mut sent, *id)?;
                     }
                 }
-                Op::Change {
-                    removed: ids,
-                    receipts,
-                } => {
-                    for id in ids {
-                        removed.push(queue.remove(*id)?.map(|v| v.value().len()));
+                Op::Change { released, queued } => {
+                    for (id, device) in released {
+                        written.release(&mut queue, *id, |r| r.release(*device), scratch)?;
                     }
-                    for receipt in receipts {
-                        receipt.encode(scratch);
-                        put(&mut queue, receipt.id, scratch)?;
+                    for record in queued {
+                        record.encode(scratch);
+                        written.put(&mut queue, record.id, scratch)?;
+                    }
+                }
+                Op::Retarget { from, to, ids } => {
+                    for id in ids {
+                        written.release(
+                            &mut queue,
+                            *id,
+                            |r| {
+                                for target in r.targets.iter_mut().filter(|t| *t == from) {
+                                    *target = *to;
+                                }
+                                false
+                            },
+                            scratch,
+                        )?;
                     }
                 }
                 Op::Forget(ids) => {
                     for id in ids {
-                        removed.push(sent.remove(*id)?.map(|v| v.value().len()));
+                        written.delete(&mut sent, *id)?;
                     }
                 }
                 Op::Barrier(_) | Op::Backup(_) => {}
             }
-        }
-        for len in removed.into_iter().flatten() {
-            written.changes += 1;
-            written.removed += 8 + len as u64;
         }
     }
     // The default durability: on disk (one fsync) when commit returns.
@@ -705,51 +1080,139 @@ fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Wri
     Ok(written)
 }
 
+impl Written {
+    fn put(
+        &mut self,
+        table: &mut redb::Table<u64, &[u8]>,
+        key: u64,
+        value: &[u8],
+    ) -> Result<(), redb::Error> {
+        self.changes += 1;
+        self.added += 8 + value.len() as u64;
+        if let Some(old) = table.insert(key, value)? {
+            self.removed += 8 + old.value().len() as u64;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, table: &mut redb::Table<u64, &[u8]>, key: u64) -> Result<(), redb::Error> {
+        if let Some(old) = table.remove(key)? {
+            self.changes += 1;
+            self.removed += 8 + old.value().len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads the queue record `id`, applies `change` (which says whether
+    /// nothing is left), and deletes or rewrites it. A record already gone
+    /// (released twice, say) is left alone.
+    fn release(
+        &mut self,
+        queue: &mut redb::Table<u64, &[u8]>,
+        id: u64,
+        change: impl FnOnce(&mut QueuedRecord) -> bool,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), redb::Error> {
+        let record = match queue.get(id)? {
+            Some(bytes) => QueuedRecord::decode(id, bytes.value()),
+            None => return Ok(()),
+        };
+        let Ok(mut record) = record else {
+            // Every record was checked at open and is written by this
+            // release: one that does not decode now is not ours to keep.
+            tracing::error!(id, "journal record unreadable at release; deleted");
+            return self.delete(queue, id);
+        };
+        if change(&mut record) {
+            self.delete(queue, id)
+        } else {
+            record.encode(scratch);
+            self.put(queue, id, scratch)
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn message(targets: Vec<Device>, frames: Frames) -> QueuedRecord {
+        QueuedRecord {
+            id: 7,
+            kind: RecordKind::Message {
+                sender: Device::new(2, 20),
+                notify: Some(vec![20, 21].into()),
+            },
+            targets,
+            frames,
+        }
+    }
+
     #[test]
     fn records_round_trip() {
-        let message = QueuedRecord {
-            id: 7,
-            recipient: 1,
-            sender: Some(2),
-            frame: Bytes::from_static(b"frame"),
-        };
+        let shared = message(
+            vec![Device::new(1, 10), Device::new(1, 11)],
+            Frames::Shared(Bytes::from_static(b"frame")),
+        );
+        let per_target = message(
+            vec![Device::new(1, 10), Device::new(2, 21)],
+            Frames::PerTarget(vec![Bytes::from_static(b"a"), Bytes::from_static(b"bb")]),
+        );
         let receipt = QueuedRecord {
-            sender: None,
-            ..message.clone()
+            kind: RecordKind::Receipt,
+            ..shared.clone()
+        };
+        let lone = QueuedRecord {
+            kind: RecordKind::Message {
+                sender: Device::new(2, 20),
+                notify: None,
+            },
+            ..shared.clone()
         };
         let mut out = Vec::new();
-        for record in [message, receipt] {
+        for record in [shared, per_target, receipt, lone] {
             record.encode(&mut out);
             assert_eq!(QueuedRecord::decode(7, &out), Ok(record));
         }
         let sent = SentRecord {
             message_id: 9,
-            user: 1,
-            device: u64::MAX,
+            device: Device::new(1, u64::MAX),
             client_msg_id: 3,
             timestamp_ms: 4,
+            digest: 0xfeed,
         };
         assert_eq!(SentRecord::decode(9, &sent.encode()), Ok(sent));
+    }
+
+    #[test]
+    fn a_release_drops_the_device_and_its_own_frame() {
+        let mut record = message(
+            vec![Device::new(1, 10), Device::new(2, 21)],
+            Frames::PerTarget(vec![Bytes::from_static(b"a"), Bytes::from_static(b"bb")]),
+        );
+        assert!(!record.release(Device::new(1, 10)));
+        assert_eq!(record.targets, [Device::new(2, 21)]);
+        assert_eq!(record.frame(0), Some(&Bytes::from_static(b"bb")));
+        assert!(
+            !record.release(Device::new(9, 9)),
+            "unknown device: nothing changes"
+        );
+        assert!(record.release(Device::new(2, 21)));
     }
 
     #[test]
     fn a_journal_with_an_unreadable_record_is_refused_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = JournalConfig::at(dir.path().join("journal.redb"));
-        let (db, replayed) = Journal::open(&config).expect("a new journal opens");
+        let (db, replayed) = Journal::open(&config, None).expect("a new journal opens");
         assert!(replayed.queued.is_empty() && replayed.sent.is_empty());
         let txn = db.begin_write().expect("write");
         txn.open_table(QUEUE)
             .expect("queue table")
-            .insert(42, [FORMAT + 1; QUEUED_HEADER + 4].as_slice())
+            .insert(42, [FORMAT + 1; 24].as_slice())
             .expect("insert");
         txn.commit().expect("commit");
         drop(db);
-        let error = Journal::open(&config).expect_err("refused");
+        let error = Journal::open(&config, None).expect_err("refused");
         let message = error.to_string();
         assert!(
             message.contains("record 42 in table queue") && message.contains("unknown format"),
@@ -760,14 +1223,16 @@ mod tests {
     #[test]
     fn unknown_formats_and_truncated_records_are_refused() {
         let mut out = Vec::new();
-        QueuedRecord {
-            id: 1,
-            recipient: 1,
-            sender: None,
-            frame: Bytes::new(),
+        message(vec![Device::new(1, 1)], Frames::Shared(Bytes::new())).encode(&mut out);
+        for cut in 0..out.len() {
+            assert!(
+                QueuedRecord::decode(1, &out[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
-        .encode(&mut out);
-        assert!(QueuedRecord::decode(1, &out[..QUEUED_HEADER - 1]).is_err());
+        let mut longer = out.clone();
+        longer.push(0);
+        assert_eq!(QueuedRecord::decode(1, &longer), Err("trailing bytes"));
         out[0] = FORMAT + 1;
         assert_eq!(QueuedRecord::decode(1, &out), Err("unknown format"));
         out[0] = FORMAT;
@@ -775,14 +1240,95 @@ mod tests {
         assert_eq!(QueuedRecord::decode(1, &out), Err("unknown kind"));
         let mut sent = SentRecord {
             message_id: 1,
-            user: 1,
-            device: 1,
+            device: Device::new(1, 1),
             client_msg_id: 1,
             timestamp_ms: 1,
+            digest: 1,
         }
         .encode();
         assert!(SentRecord::decode(1, &sent[..SENT_LEN - 1]).is_err());
-        sent[0] = 0;
+        sent[0] = FORMAT_V1;
         assert_eq!(SentRecord::decode(1, &sent), Err("unknown format"));
+    }
+
+    /// Writes format-1 records as the one-device release did.
+    fn write_v1(
+        config: &JournalConfig,
+        queue: &[(u64, u8, u64, u64, &[u8])],
+        sent: &[(u64, u64, u64, u64, u64)],
+    ) {
+        let db = redb::Database::create(&config.path).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn.open_table(QUEUE).expect("queue");
+            for (id, kind, recipient, sender, frame) in queue {
+                let mut v = vec![FORMAT_V1, *kind];
+                v.extend_from_slice(&recipient.to_le_bytes());
+                v.extend_from_slice(&sender.to_le_bytes());
+                v.extend_from_slice(frame);
+                table.insert(*id, v.as_slice()).expect("insert");
+            }
+            let mut table = txn.open_table(SENT).expect("sent");
+            for (message_id, user, device, cmid, ts) in sent {
+                let mut v = vec![FORMAT_V1];
+                for n in [user, device, cmid, ts] {
+                    v.extend_from_slice(&n.to_le_bytes());
+                }
+                table.insert(*message_id, v.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_format_1_journal_is_upgraded_in_place_and_needs_the_devices() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = JournalConfig::at(dir.path().join("journal.redb"));
+        write_v1(
+            &config,
+            &[
+                (10, 0, 1, 2, b"m"),
+                (11, 1, 2, 0, b"r"),
+                (12, 0, 3, 2, b"gone"),
+            ],
+            &[(10, 2, 20, 5, 99)],
+        );
+        assert!(needs_upgrade(&config).expect("readable"));
+        let refused = Journal::open(&config, None).expect_err("needs the devices");
+        assert!(
+            matches!(refused, JournalError::NeedsUpgrade { .. }),
+            "{refused}"
+        );
+        // User 3 is gone.
+        let devices = |user: UserId| (user != 3).then_some(user * 10);
+        let (db, replayed) = Journal::open(&config, Some(&devices)).expect("upgraded");
+        let upgraded = replayed.upgraded.expect("an upgrade ran");
+        assert_eq!((upgraded.records, upgraded.dropped), (3, 1));
+        assert_eq!(replayed.queued.len(), 2);
+        assert_eq!(replayed.queued[0].targets, [Device::new(1, 10)]);
+        assert_eq!(
+            replayed.queued[0].kind,
+            RecordKind::Message {
+                sender: Device::new(2, 20),
+                notify: None
+            }
+        );
+        assert_eq!(replayed.queued[1].kind, RecordKind::Receipt);
+        assert_eq!(replayed.queued[1].targets, [Device::new(2, 20)]);
+        assert_eq!(
+            replayed.sent,
+            [SentRecord {
+                message_id: 10,
+                device: Device::new(2, 20),
+                client_msg_id: 5,
+                timestamp_ms: 99,
+                digest: 0,
+            }]
+        );
+        drop(db);
+        assert!(!needs_upgrade(&config).expect("readable"));
+        let (_, again) = Journal::open(&config, None).expect("format 2 now");
+        assert!(again.upgraded.is_none());
+        assert_eq!(again.queued.len(), 2);
     }
 }

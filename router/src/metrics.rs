@@ -29,8 +29,15 @@ pub struct RouterMetrics {
     pub messages_delivered: Counter,
     /// Receipts queued, by kind.
     pub receipts_queued: Family<Label, Counter>,
-    /// Receipts acknowledged by their recipients (and wiped).
+    /// Receipts and read-syncs acknowledged by their recipients (and wiped).
     pub receipts_acknowledged: Counter,
+    /// Device copies of accepted messages queued (one per device a message
+    /// went to): with `messages_accepted`, the fan-out.
+    pub copies_queued: Counter,
+    /// Device copies not queued because that device's mailbox was full.
+    pub copies_refused: Counter,
+    /// Read-syncs queued for a reader's other devices.
+    pub read_syncs_queued: Counter,
     /// Messages deleted undelivered after the TTL.
     pub messages_expired: Counter,
     /// Receipts deleted unacknowledged after the TTL.
@@ -94,6 +101,9 @@ impl Default for RouterMetrics {
             messages_delivered: Counter::default(),
             receipts_queued,
             receipts_acknowledged: Counter::default(),
+            copies_queued: Counter::default(),
+            copies_refused: Counter::default(),
+            read_syncs_queued: Counter::default(),
             messages_expired: Counter::default(),
             receipts_expired: Counter::default(),
             // From a millisecond (both phones online) to a month (offline).
@@ -149,8 +159,23 @@ impl RouterMetrics {
         );
         registry.register(
             "receipts_acknowledged",
-            "Receipts acknowledged by their recipients and wiped",
+            "Receipts and read-syncs acknowledged by their recipients and wiped",
             self.receipts_acknowledged.clone(),
+        );
+        registry.register(
+            "copies_queued",
+            "Device copies of accepted messages queued (the fan-out)",
+            self.copies_queued.clone(),
+        );
+        registry.register(
+            "copies_refused",
+            "Device copies not queued because the device's mailbox was full",
+            self.copies_refused.clone(),
+        );
+        registry.register(
+            "read_syncs_queued",
+            "Read-syncs queued for a reader's other devices",
+            self.read_syncs_queued.clone(),
         );
         registry.register(
             "messages_expired",

@@ -1,6 +1,13 @@
 //! Chat: pairs of online users, each sender sending to its partner on an
 //! open-loop schedule; and its floor twin, echo.
 //!
+//! With several devices per user (`devices`), every device of both users is
+//! online: the sender's first device sends; each message reaches every
+//! device of the partner, and a copy every other device of the sender;
+//! each of those acks on its own, and the sender's devices get one
+//! DELIVERED receipt per partner device. A message counts as done at its
+//! first receipt (two checkmarks); every device copy counts as delivered.
+//!
 //! A sender keeps at most `window` sends without a ServerAck (the server
 //! remembers 128 `client_msg_id`s per device, so more would weaken its
 //! duplicate detection). Sends that fall due while the window is full wait,
@@ -40,6 +47,8 @@ pub struct Params {
     pub body_len: usize,
     pub window: usize,
     pub drain_secs: f64,
+    /// Devices per user.
+    pub devices: usize,
 }
 
 impl Params {
@@ -59,13 +68,17 @@ pub async fn run(
     mut ctl: Control,
     p: Params,
 ) -> anyhow::Result<Report> {
-    let pairs = users.len() / 2;
+    let devices = p.devices.max(1);
+    let pairs = users.len() / (2 * devices);
     anyhow::ensure!(pairs > 0, "chat needs at least one pair of users");
     anyhow::ensure!(
         p.total() / pairs as u64 + 1 < 1 << SEQ_BITS,
         "too many messages per sender"
     );
-    let mut conns = ctx.open_all(&users[..pairs * 2], 0).await.into_iter();
+    let mut conns = ctx
+        .open_all(&users[..pairs * 2 * devices], 0)
+        .await
+        .into_iter();
     emit(&ToCoordinator::Ready {
         counters: ctx.rec().report.counters.clone(),
     })?;
@@ -79,13 +92,18 @@ pub async fn run(
     let mut senders = JoinSet::new();
     let mut recipients = JoinSet::new();
     for pair in 0..pairs {
-        let (Some(Some(sender)), Some(Some(recipient))) = (conns.next(), conns.next()) else {
+        // The pair's sessions: the sender's devices, then the partner's.
+        let group: Vec<Option<Conn>> = conns.by_ref().take(2 * devices).collect();
+        let mut group = group.into_iter();
+        let Some(Some(sender)) = group.next() else {
             continue;
         };
-        recipients.spawn(recipient_loop(Arc::clone(ctx), recipient, halt.clone()));
+        for recipient in group.flatten() {
+            recipients.spawn(recipient_loop(Arc::clone(ctx), recipient, halt.clone()));
+        }
         let schedule =
             Schedule::for_sender(start, p.rate, pairs, pair, share(p.total(), pairs, pair));
-        let to = users[pair * 2 + 1].user_id;
+        let to = users[pair * 2 * devices + devices].user_id;
         senders.spawn(sender_loop(
             Arc::clone(ctx),
             sender,
@@ -109,9 +127,12 @@ pub async fn run(
 struct Sender {
     /// Sends without a ServerAck, oldest first (acks come in send order).
     unacked: VecDeque<(u64, Instant)>,
-    /// Acked messages waiting for their DELIVERED receipt: message_id to
-    /// intended send time.
-    unreceipted: HashMap<u64, Instant>,
+    /// Acked messages waiting for their DELIVERED receipts: message_id to
+    /// intended send time and the receipts still due (one per device of
+    /// the partner).
+    unreceipted: HashMap<u64, (Instant, usize)>,
+    /// Receipts each message gets: the partner's devices.
+    receipts_each: usize,
     /// Receipt ids to acknowledge.
     receipt_ids: Vec<u64>,
 }
@@ -129,6 +150,7 @@ async fn sender_loop(
     let mut s = Sender {
         unacked: VecDeque::with_capacity(p.window),
         unreceipted: HashMap::new(),
+        receipts_each: p.devices.max(1),
         receipt_ids: Vec::with_capacity(READ_BATCH),
     };
     let (mut due_end, mut next) = (0, 0);
@@ -210,7 +232,8 @@ fn on_frame(ctx: &Ctx, s: &mut Sender, incoming: Incoming) {
             let Some(intended) = take_unacked(&mut s.unacked, a.client_msg_id) else {
                 return;
             };
-            s.unreceipted.insert(a.message_id, intended);
+            s.unreceipted
+                .insert(a.message_id, (intended, s.receipts_each));
             let mut rec = ctx.rec();
             rec.report.counters.acked += 1;
             rec.report.hists.ack.record(now - intended);
@@ -229,16 +252,23 @@ fn on_frame(ctx: &Ctx, s: &mut Sender, incoming: Incoming) {
             }
             let mut rec = ctx.rec();
             for id in r.message_ids {
-                match s.unreceipted.remove(&id) {
-                    Some(intended) => {
-                        rec.report.counters.receipts += 1;
-                        rec.report.hists.receipt.record(now - intended);
-                        rec.done_at(now.into_std());
-                        let second = rec.second(now.into_std());
-                        second.receipts += 1;
-                        second.latency.record(now - intended);
-                    }
-                    None => rec.report.counters.receipt_duplicates += 1,
+                let Some((intended, due)) = s.unreceipted.get_mut(&id) else {
+                    rec.report.counters.receipt_duplicates += 1;
+                    continue;
+                };
+                let intended = *intended;
+                // The first receipt is the message's two checkmarks.
+                if *due == s.receipts_each {
+                    rec.report.counters.receipts += 1;
+                    rec.report.hists.receipt.record(now - intended);
+                    rec.done_at(now.into_std());
+                    let second = rec.second(now.into_std());
+                    second.receipts += 1;
+                    second.latency.record(now - intended);
+                }
+                *due -= 1;
+                if *due == 0 {
+                    s.unreceipted.remove(&id);
                 }
             }
         }
@@ -260,26 +290,34 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 /// A recipient: acks every delivery at once (in batches), checks order and
-/// duplicates by the sequence number in the body, runs until halted.
+/// duplicates by the sequence number in the body, acks every receipt (a
+/// sender's other device gets them), runs until halted.
 async fn recipient_loop(ctx: Arc<Ctx>, mut conn: Conn, mut halt: watch::Receiver<bool>) {
     let mut last_seq = 0;
     let mut ids = Vec::with_capacity(READ_BATCH);
+    let mut receipt_ids = Vec::with_capacity(READ_BATCH);
     let mut next_ping = Instant::now() + ctx.ping;
     let result: Result<(), ConnError> = async {
         loop {
             tokio::select! {
                 r = conn.next(true) => {
-                    on_delivery(&ctx, &mut last_seq, &mut ids, r?);
+                    on_delivery(&ctx, &mut last_seq, &mut ids, &mut receipt_ids, r?);
                     for _ in 1..READ_BATCH {
                         match conn.next(true).now_or_never() {
-                            Some(r) => on_delivery(&ctx, &mut last_seq, &mut ids, r?),
+                            Some(r) => on_delivery(&ctx, &mut last_seq, &mut ids, &mut receipt_ids, r?),
                             None => break,
                         }
                     }
-                    if !ids.is_empty() {
-                        conn.feed_delivery_ack(&ids).await?;
+                    if !ids.is_empty() || !receipt_ids.is_empty() {
+                        if !ids.is_empty() {
+                            conn.feed_delivery_ack(&ids).await?;
+                        }
+                        if !receipt_ids.is_empty() {
+                            conn.feed_receipt_ack(&receipt_ids).await?;
+                        }
                         conn.flush().await?;
                         ids.clear();
+                        receipt_ids.clear();
                     }
                 }
                 () = sleep_until(next_ping) => {
@@ -299,12 +337,30 @@ async fn recipient_loop(ctx: Arc<Ctx>, mut conn: Conn, mut halt: watch::Receiver
     conn.close_quickly().await;
 }
 
-fn on_delivery(ctx: &Ctx, last_seq: &mut u64, ids: &mut Vec<u64>, incoming: Incoming) {
-    let Incoming::Frame(ServerFrame {
-        frame: Some(server_frame::Frame::Deliver(d)),
-    }) = incoming
-    else {
-        return;
+fn on_delivery(
+    ctx: &Ctx,
+    last_seq: &mut u64,
+    ids: &mut Vec<u64>,
+    receipt_ids: &mut Vec<u64>,
+    incoming: Incoming,
+) {
+    let d = match incoming {
+        Incoming::Frame(ServerFrame {
+            frame: Some(server_frame::Frame::Deliver(d)),
+        }) => d,
+        Incoming::Frame(ServerFrame {
+            frame: Some(server_frame::Frame::Receipt(r)),
+        }) => {
+            receipt_ids.push(r.receipt_id);
+            return;
+        }
+        Incoming::Frame(ServerFrame {
+            frame: Some(server_frame::Frame::ReadSync(r)),
+        }) => {
+            receipt_ids.push(r.sync_id);
+            return;
+        }
+        _ => return,
     };
     ids.push(d.message_id);
     let now = Instant::now();

@@ -176,6 +176,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
             body_len,
             window,
             drain_secs,
+            devices,
             echo,
         } => {
             let params = chat::Params {
@@ -184,6 +185,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
                 body_len,
                 window,
                 drain_secs,
+                devices,
             };
             if echo {
                 chat::run_echo(&ctx, &users, ctl, params).await?

@@ -28,6 +28,9 @@ pub struct Explain {
     ca: PathBuf,
     /// Whether the profile exists, so `profile set` can fix it.
     has_profile: bool,
+    /// A linked device (not registered by SMS): a dead credential is fixed
+    /// by linking it again, not by registering.
+    linked: bool,
 }
 
 /// What the server said just before closing a session.
@@ -50,7 +53,33 @@ impl Explain {
             ws: endpoints.ws.clone(),
             ca: endpoints.ca.clone(),
             has_profile,
+            linked: false,
         }
+    }
+
+    /// For a linked device's profile.
+    pub(crate) fn linked(mut self, linked: bool) -> Self {
+        self.linked = linked;
+        self
+    }
+
+    /// The exact commands that link this profile again: a code from the
+    /// primary, redeemed here.
+    pub(crate) fn relink(&self) -> String {
+        format!(
+            "make a link code on the account's primary device with `parley-cli [--profile NAME] link`, \
+             then run `{}` here",
+            self.command("link-accept <code>")
+        )
+    }
+
+    /// This device was removed from its account.
+    fn unlinked(&self) -> String {
+        format!(
+            "this device was removed from its account (unlinked by the primary device or by itself, or after long disuse) \
+             and its credential no longer works; to link it again, {}",
+            self.relink()
+        )
     }
 
     /// `parley-cli [--profile NAME] <rest>`.
@@ -136,8 +165,27 @@ impl Explain {
 
     /// Refused credentials: the one message per reason.
     fn credential(&self, refusal: CredentialRefusal, e: &ClientError) -> String {
-        let phone = self.phone.as_deref().unwrap_or("<phone>");
+        let unlinked_close =
+            matches!(e, ClientError::Closed { code, .. } if *code == close::UNLINKED);
+        if refusal == CredentialRefusal::Revoked && (self.linked || unlinked_close) {
+            return self.unlinked();
+        }
+        let phone = self
+            .phone
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("<phone>");
         let register = self.command(&format!("register {phone}"));
+        if self.linked {
+            let why = match refusal {
+                CredentialRefusal::Expired => "this device's credential has expired",
+                CredentialRefusal::Invalid => {
+                    "the server does not accept this device's credential (malformed, or issued by another server)"
+                }
+                _ => "the server refused this device's credential",
+            };
+            return format!("{why}; link this device again: {}", self.relink());
+        }
         match refusal {
             CredentialRefusal::Revoked => format!(
                 "this device's credential was revoked: {phone} was registered again (on another phone or profile), \
@@ -172,6 +220,9 @@ impl Explain {
             Some(Notice::Closing(r)) => CloseReason::try_from(*r).ok(),
             _ => None,
         };
+        if code == close::UNLINKED || closing == Some(CloseReason::Unlinked) {
+            return self.unlinked();
+        }
         if code == close::REVOKED || closing == Some(CloseReason::Revoked) {
             return self.credential(
                 CredentialRefusal::Revoked,
@@ -374,6 +425,62 @@ mod tests {
         assert!(
             default.contains("`parley-cli register +15550002222`"),
             "{default}"
+        );
+    }
+
+    #[test]
+    fn an_unlinked_device_is_told_how_to_link_again() {
+        let laptop =
+            ProfileDir::named_in(Path::new("/cfg/parley/profiles"), "alice-laptop").expect("name");
+        let endpoints = Endpoints {
+            http: "https://127.0.0.1:8443".into(),
+            ws: "wss://127.0.0.1:5443/v1/ws".into(),
+            ca: PathBuf::from("/srv/parley-data/tls/cert.pem"),
+        };
+        let e = Explain::new(&laptop, Some(""), &endpoints, true).linked(true);
+        let live = e.closed(
+            close::UNLINKED,
+            "unlinked",
+            Some(&Notice::Closing(CloseReason::Unlinked as i32)),
+        );
+        let upgrade = e.text(&ClientError::Rejected {
+            status: 401,
+            code: Some("TOKEN_REVOKED".into()),
+        });
+        let api = e.text(&ClientError::Api {
+            status: 401,
+            code: "TOKEN_REVOKED".into(),
+            message: "m".into(),
+            attempts_left: None,
+            retry_after: None,
+        });
+        assert_eq!(live, upgrade);
+        assert_eq!(upgrade, api);
+        assert!(live.contains("removed from its account"), "{live}");
+        assert!(
+            live.contains("`parley-cli --profile alice-laptop link-accept <code>`"),
+            "{live}"
+        );
+        assert!(
+            live.contains("`parley-cli [--profile NAME] link`"),
+            "{live}"
+        );
+        assert!(!live.contains("register"), "{live}");
+        // The close code says it even for a profile that does not know it
+        // is linked (and with no Closing frame seen).
+        let primary = explain("bob", true);
+        assert!(
+            primary
+                .closed(close::UNLINKED, "", None)
+                .contains("removed from its account")
+        );
+        let expired = e.text(&ClientError::Rejected {
+            status: 401,
+            code: Some("TOKEN_EXPIRED".into()),
+        });
+        assert!(
+            expired.contains("expired") && expired.contains("link-accept"),
+            "{expired}"
         );
     }
 

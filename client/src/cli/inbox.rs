@@ -1,14 +1,26 @@
 //! What arrives in a session, shown once and then acknowledged: deliveries
-//! and receipts, for `listen` and `send --wait`.
+//! (copies of this account's own messages among them), receipts and
+//! read-syncs, for `listen` and `send --wait`.
 
 use tracing::{debug, warn};
 
 use super::CliError;
-use super::output::{delivery_line, receipt_kind, receipt_line, say};
+use super::output::{delivery_line, read_sync_line, receipt_kind, receipt_line, say};
 use crate::Session;
 use crate::profile::{ProfileDir, SeenIds};
-use crate::proto::v1::Deliver;
-use crate::receipts::{CheckedReceipt, SentMessages};
+use crate::proto::v1::{Deliver, ReadSync};
+use crate::receipts::{CheckedReceipt, SentMessages, copy_recipient};
+
+/// What a session shows and remembers: whose device this is, and the
+/// profile's records of what was shown and sent.
+pub(crate) struct Inbox<'a> {
+    pub dir: &'a ProfileDir,
+    pub explain: &'a super::Explain,
+    /// This device's user: a delivery from it is a copy of the account's
+    /// own message, and a receipt from it is not the recipient's.
+    pub own_user: u64,
+    pub seen: SeenIds,
+}
 
 /// Shows a delivered message once, then acknowledges it.
 ///
@@ -16,30 +28,58 @@ use crate::receipts::{CheckedReceipt, SentMessages};
 /// process dies before the ack, the server redelivers and `seen.json` stops
 /// it being shown twice; the ack is re-sent for redeliveries because the
 /// first one evidently did not arrive.
+///
+/// A copy of this account's own message (sent from another of its devices)
+/// is recorded in `sent` (and `sent.json`) before anything else, so that
+/// its receipts, which come after it, are believed from its recipient; it
+/// is never marked read (its reader is its recipient, not this account).
 pub(crate) async fn show_delivery(
     session: &mut Session,
-    seen: &mut SeenIds,
-    dir: &ProfileDir,
+    inbox: &mut Inbox<'_>,
+    sent: &mut SentMessages,
     deliver: &Deliver,
     read: bool,
-    explain: &super::Explain,
 ) -> Result<(), CliError> {
-    let first_time = seen.insert_message(deliver.message_id);
+    let copy = copy_recipient(deliver, inbox.own_user);
+    if let Some(to_user) = copy {
+        sent.insert(deliver.message_id, to_user);
+        if let Err(e) = inbox.dir.record_sent(deliver.message_id, to_user) {
+            warn!(error = %e, "cannot record a copy of this account's message; its receipts will be shown unchecked by later runs");
+        }
+    }
+    let first_time = inbox.seen.insert_message(deliver.message_id);
     if first_time {
-        say(&delivery_line(deliver))?;
-        save_seen(dir, seen);
+        say(&delivery_line(deliver, inbox.own_user))?;
+        save_seen(inbox.dir, &inbox.seen);
     }
     session
         .ack_delivery(vec![deliver.message_id])
         .await
-        .map_err(|e| explain.client(e))?;
-    if read && first_time {
+        .map_err(|e| inbox.explain.client(e))?;
+    if read && first_time && copy.is_none() {
         session
             .mark_read(deliver.from_user, vec![deliver.message_id])
             .await
-            .map_err(|e| explain.client(e))?;
+            .map_err(|e| inbox.explain.client(e))?;
     }
     Ok(())
+}
+
+/// Shows a read-sync once (de-duplicated by `sync_id`, which is in the
+/// receipts' id space), then acknowledges it like a receipt.
+pub(crate) async fn show_read_sync(
+    session: &mut Session,
+    inbox: &mut Inbox<'_>,
+    sync: &ReadSync,
+) -> Result<(), CliError> {
+    if inbox.seen.insert_receipt(sync.sync_id) {
+        say(&read_sync_line(sync, inbox.own_user))?;
+        save_seen(inbox.dir, &inbox.seen);
+    }
+    session
+        .ack_receipts(vec![sync.sync_id])
+        .await
+        .map_err(|e| inbox.explain.client(e))
 }
 
 /// The ids of a checked receipt that are shown: those from the message's
@@ -59,21 +99,33 @@ pub(crate) fn shown_ids(checked: &CheckedReceipt) -> Vec<u64> {
 /// Shows a decided receipt once (de-duplicated by receipt id), then
 /// acknowledges it, whatever was shown: an unacknowledged receipt, even an
 /// ignored one, would come back at every session.
+///
+/// Ids rejected because the receipt comes from this account's own device
+/// (one that stored its copy of a message the account sent to someone
+/// else) are dropped quietly: that is not a forgery, and not the
+/// recipient's checkmark either. Any other user's are warned about.
 pub(crate) async fn show_receipt(
     session: &mut Session,
-    seen: &mut SeenIds,
-    dir: &ProfileDir,
+    inbox: &mut Inbox<'_>,
     checked: &CheckedReceipt,
-    explain: &super::Explain,
 ) -> Result<(), CliError> {
     let receipt = &checked.receipt;
     if !checked.rejected.is_empty() {
-        warn!(
-            from_user = receipt.from_user,
-            message_ids = ?checked.rejected,
-            "ignoring a {} receipt: those messages were sent to another user",
-            receipt_kind(receipt)
-        );
+        if receipt.from_user == inbox.own_user {
+            debug!(
+                from_device = receipt.from_device,
+                message_ids = ?checked.rejected,
+                "ignoring a {} receipt from this account's own device",
+                receipt_kind(receipt)
+            );
+        } else {
+            warn!(
+                from_user = receipt.from_user,
+                message_ids = ?checked.rejected,
+                "ignoring a {} receipt: those messages were sent to another user",
+                receipt_kind(receipt)
+            );
+        }
     }
     if !checked.unknown.is_empty() {
         debug!(
@@ -83,14 +135,14 @@ pub(crate) async fn show_receipt(
         );
     }
     let ids = shown_ids(checked);
-    if !ids.is_empty() && seen.insert_receipt(receipt.receipt_id) {
+    if !ids.is_empty() && inbox.seen.insert_receipt(receipt.receipt_id) {
         say(&receipt_line(receipt, &ids))?;
-        save_seen(dir, seen);
+        save_seen(inbox.dir, &inbox.seen);
     }
     session
         .ack_receipts(vec![receipt.receipt_id])
         .await
-        .map_err(|e| explain.client(e))
+        .map_err(|e| inbox.explain.client(e))
 }
 
 /// The seen-ids store; a damaged one is replaced rather than blocking
@@ -139,6 +191,7 @@ mod tests {
                 from_user: 3,
                 message_ids: vec![10, 11, 12],
                 timestamp_ms: 0,
+                ..Receipt::default()
             },
             accepted: vec![12],
             rejected: vec![10],

@@ -6,7 +6,9 @@ use tokio::time::{Instant, sleep_until};
 use tracing::warn;
 
 use super::explain::Notice;
-use super::inbox::{close_quietly, load_seen, load_sent, show_delivery, show_receipt};
+use super::inbox::{
+    Inbox, close_quietly, load_seen, load_sent, show_delivery, show_read_sync, show_receipt,
+};
 use super::{Cli, CliError, Loaded};
 use crate::ClientError;
 use crate::profile::ProfileDir;
@@ -24,14 +26,22 @@ pub(crate) async fn listen(
     dir: &ProfileDir,
     options: ListenOptions,
 ) -> Result<(), CliError> {
-    let loaded = Loaded::new(cli, dir)?;
-    let explain = &loaded.explain;
-    let mut session = loaded.connect().await?;
-    let mut seen = load_seen(dir);
-    let mut sent = load_sent(dir);
-    let deadline = options.timeout.map(|t| Instant::now() + t);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let loaded = Loaded::new(cli, dir)?;
+    let explain = &loaded.explain;
+    let mut session = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        session = loaded.connect() => session?,
+    };
+    let mut inbox = Inbox {
+        dir,
+        explain,
+        own_user: loaded.profile.user_id,
+        seen: load_seen(dir),
+    };
+    let mut sent = load_sent(dir);
+    let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut last_notice = None;
     loop {
         // `next_frame` is cancel-safe, so losing this race to a signal or
@@ -63,15 +73,10 @@ pub(crate) async fn listen(
         };
         match frame.frame {
             Some(server_frame::Frame::Deliver(deliver)) => {
-                show_delivery(
-                    &mut session,
-                    &mut seen,
-                    dir,
-                    &deliver,
-                    options.read,
-                    explain,
-                )
-                .await?;
+                show_delivery(&mut session, &mut inbox, &mut sent, &deliver, options.read).await?;
+            }
+            Some(server_frame::Frame::ReadSync(sync)) => {
+                show_read_sync(&mut session, &mut inbox, &sync).await?;
             }
             Some(server_frame::Frame::Receipt(receipt)) => {
                 let mut checked = check(&sent, receipt);
@@ -83,7 +88,7 @@ pub(crate) async fn listen(
                         checked = check(&sent, checked.receipt);
                     }
                 }
-                show_receipt(&mut session, &mut seen, dir, &checked, explain).await?;
+                show_receipt(&mut session, &mut inbox, &checked).await?;
             }
             Some(server_frame::Frame::QueueEmpty(_)) if options.exit_on_empty => {
                 close_quietly(session).await;
@@ -101,25 +106,39 @@ pub(crate) async fn listen(
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: `listen` calls it before it connects, so a signal that
+/// arrives while the session is set up, or while a burst of frames keeps
+/// the loop from polling it, still ends `listen` cleanly instead of
+/// killing it (the default action of SIGTERM).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot watch SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
+                (term, interrupt) => {
+                    if let Err(e) = term.and(interrupt) {
+                        warn!(error = %e, "cannot watch SIGTERM and SIGINT");
+                    }
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -5,16 +5,23 @@
 //! [`run`]. `docs/cli.md` is the user's reference.
 //!
 //! The output contract: stable lines on stdout (`registered <id>`,
-//! `✓ sent <id>`, `✓✓ delivered <ids> by <user>`, `✓✓ read <ids> by <user>`,
-//! `<from_user> <message_id> <text>`, `<phone> <user_id>`), which the README
-//! and the tests grep; warnings, prompts and notes on stderr; an error is one
-//! line on stderr (a [`CliError`], worded with what to do) and exit code 1.
+//! `✓ sent <id>`, `✓✓ delivered <ids> by <user>/<device>`,
+//! `<from_user>/<from_device> <message_id> <text>`, copies as
+//! `<own_user>/<device> → <to_user> <message_id> <text>`, `read-sync ...`,
+//! `linked ...`, one line per device, ...: the table in `docs/cli.md`),
+//! which the README and the tests grep; warnings, prompts and notes on
+//! stderr; an error is one line on stderr (a [`CliError`], worded with what
+//! to do) and exit code 1.
 //!
 //! Modules:
 //! - `register`: `register`, with the code prompt.
 //! - `send`: `send`, and waiting for its receipts.
 //! - `listen`: `listen`.
 //! - `lookup`: `lookup`, with phone number normalisation.
+//! - `link`: `link` (a code, on the primary) and `link-accept` (a new
+//!   profile from it).
+//! - `devices`: `devices` and `unlink`, and the device lists kept for
+//!   `send --per-device`.
 //! - `profiles`: `whoami`, `profile set`, `profile list`, and which profile a
 //!   run uses.
 //! - `inbox`: what arrives in a session (deliveries, receipts), shown once
@@ -23,8 +30,10 @@
 //! - `output`: the stable stdout lines, and writing them.
 //! - `prompt`: reading lines from stdin without blocking the runtime.
 
+mod devices;
 mod explain;
 mod inbox;
+mod link;
 mod listen;
 mod lookup;
 mod output;
@@ -136,11 +145,14 @@ pub enum Command {
     },
     /// Send a text; prints `✓ sent <message_id>` once the server has stored it.
     ///
-    /// With --wait, stays connected and prints receipts
-    /// (`✓✓ delivered <ids> by <user>`, `✓✓ read <ids> by <user>`), acking
-    /// them, until the wanted one for this message arrives. Messages that
-    /// arrive meanwhile are left queued for `listen`. A receipt counts only
-    /// if it comes from the message's recipient.
+    /// The message goes to every device of the recipient, and a copy to
+    /// this account's other devices. With --wait, stays connected and
+    /// prints receipts (`✓✓ delivered <ids> by <user>/<device>`,
+    /// `✓✓ read <ids> by <user>/<device>`), acking them, until the first
+    /// wanted one for this message arrives from any of the recipient's
+    /// devices. Messages that arrive meanwhile are left queued for
+    /// `listen`. A receipt counts only if it comes from the message's
+    /// recipient.
     Send {
         /// Recipient user id (find it with `lookup <phone>`)
         #[arg(value_name = "USER_ID")]
@@ -155,9 +167,20 @@ pub enum Command {
         /// receipts arrive in `listen`.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         timeout: u64,
+        /// Send one envelope per device (as apps that encrypt for each
+        /// device do): for every device of the recipient and this account's
+        /// other devices, from the lists this profile keeps (fetched when
+        /// unknown). A stale list is fixed from the server's answer
+        /// (DEVICES_CHANGED) and the message sent again, once.
+        #[arg(long)]
+        per_device: bool,
     },
-    /// Print incoming messages as `<from_user> <message_id> <text>` and
-    /// receipts as `✓✓ delivered|read <ids> by <user>`, acknowledging each.
+    /// Print incoming messages as `<from_user>/<from_device> <message_id>
+    /// <text>`, copies of this account's own messages (sent from its other
+    /// devices) as `<own_user>/<device> → <to_user> <message_id> <text>`,
+    /// receipts as `✓✓ delivered|read <ids> by <user>/<device>` and
+    /// read-syncs as `read-sync <ids> from <user> on <own_user>/<device>`,
+    /// acknowledging each.
     ///
     /// Runs until Ctrl-C (clean close, exit 0) or until the server closes the
     /// session (exit 1). Control characters in texts are escaped so each
@@ -174,6 +197,42 @@ pub enum Command {
         /// was given and the queue had not been drained yet)
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+    },
+    /// On the primary device: make a one-time code that links a new device
+    /// (a laptop, a tablet) to this account.
+    ///
+    /// Prints `link code <code> expires in <secs> s`, then
+    /// `on the new device: <command>`, the exact `link-accept` command to
+    /// run there (with a profile name that is free on this computer).
+    Link,
+    /// Link a NEW profile to an account, with a code from its primary
+    /// device's `link`; prints `linked <user_id> device <device_id>`.
+    ///
+    /// The profile gets its own credential, session and mailbox; messages
+    /// to the account reach it from now on. Endpoints and CA are saved as
+    /// `register` saves them. An existing profile is not overwritten
+    /// (unless the server no longer accepts its credential: a device that
+    /// was unlinked can be linked again in place).
+    LinkAccept {
+        /// The code `link` printed on the primary device
+        code: String,
+        /// What `devices` calls this device (at most 64 bytes) [default:
+        /// the profile's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the account's devices, one per line:
+    /// `<device_id> primary|linked this|other <last seen, UTC, or never> <name>`.
+    Devices,
+    /// Remove a device from the account; prints `unlinked <device_id>`.
+    ///
+    /// The primary device may unlink any other device; a linked device
+    /// only itself. The unlinked device's session ends and its credential
+    /// stops working; the primary cannot be unlinked.
+    Unlink {
+        /// The device, as `devices` lists it
+        #[arg(value_name = "DEVICE_ID")]
+        device_id: String,
     },
     /// Change or list profiles without registering again.
     Profile {
@@ -260,10 +319,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             text,
             wait,
             timeout,
+            per_device,
         } => {
             let options = send::SendOptions {
                 wait: *wait,
                 timeout: std::time::Duration::from_secs(*timeout),
+                per_device: *per_device,
             };
             send::send(&cli, &dir, user_id, text, options).await
         }
@@ -279,6 +340,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             listen::listen(&cli, &dir, options).await
         }
+        Command::Link => link::link(&cli, &dir).await,
+        Command::LinkAccept { code, name } => link::accept(&cli, &dir, code, name.as_deref()).await,
+        Command::Devices => devices::list(&cli, &dir).await,
+        Command::Unlink { device_id } => devices::unlink(&cli, &dir, device_id).await,
         Command::Profile { action } => match action {
             ProfileAction::Set => profiles::set(&cli, &dir),
             ProfileAction::List => profiles::list(),
@@ -333,7 +398,8 @@ impl Loaded {
     pub fn new(cli: &Cli, dir: &ProfileDir) -> Result<Self, CliError> {
         let profile = dir.load()?;
         let endpoints = Endpoints::resolve(cli, Some(&profile));
-        let explain = Explain::new(dir, Some(&profile.phone), &endpoints, true);
+        let explain =
+            Explain::new(dir, Some(&profile.phone), &endpoints, true).linked(profile.linked);
         Ok(Self {
             profile,
             endpoints,
@@ -385,6 +451,31 @@ mod tests {
             } if user_id == "42"
         ));
         assert!(Cli::try_from_args(["parley-cli", "lookup"]).is_err());
+        let cli = Cli::try_from_args([
+            "parley-cli",
+            "--profile",
+            "alice-laptop",
+            "link-accept",
+            "K7Q2-ABCD",
+            "--name",
+            "my laptop",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            &cli.command,
+            Command::LinkAccept { code, name: Some(name) } if code == "K7Q2-ABCD" && name == "my laptop"
+        ));
+        let cli =
+            Cli::try_from_args(["parley-cli", "send", "42", "hi", "--per-device"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Send {
+                per_device: true,
+                wait: None,
+                ..
+            }
+        ));
+        assert!(Cli::try_from_args(["parley-cli", "unlink"]).is_err());
         // A phone number where a user id belongs parses: `send` explains.
         assert!(Cli::try_from_args(["parley-cli", "send", "+15550002222", "hi"]).is_ok());
         assert!(
@@ -442,6 +533,7 @@ mod tests {
             user_id: 1,
             device_id: 1,
             token: "t".into(),
+            linked: false,
             next_client_msg_id: 1,
         };
         // Environment variables may be set where the tests run; only the

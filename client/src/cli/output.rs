@@ -8,7 +8,9 @@
 use std::io::Write;
 
 use super::CliError;
-use crate::proto::v1::{Deliver, Receipt, ReceiptKind};
+use crate::DeviceInfo;
+use crate::proto::v1::{Deliver, ReadSync, Receipt, ReceiptKind};
+use crate::receipts::copy_recipient;
 
 /// Writes one line to stdout.
 pub(crate) fn say(line: &str) -> Result<(), CliError> {
@@ -41,26 +43,109 @@ pub(crate) fn prompt(text: &str) {
     let _ = err.flush();
 }
 
-/// `<from_user> <message_id> <text>`, the text on one line.
-pub(crate) fn delivery_line(deliver: &Deliver) -> String {
-    format!(
-        "{} {} {}",
-        deliver.from_user,
-        deliver.message_id,
-        printable(&deliver.body)
-    )
+/// `<user>/<device>`, or `<user>` when the device is not known (0: a
+/// frame queued by a server that predates several devices).
+pub(crate) fn address(user: u64, device: u64) -> String {
+    if device == 0 {
+        user.to_string()
+    } else {
+        format!("{user}/{device}")
+    }
 }
 
-/// `✓✓ delivered <id>,<id> by <user>` or `✓✓ read <id>,<id> by <user>`, for
+/// A message, the text last and on one line:
+///
+/// - from someone else: `<from_user>/<from_device> <message_id> <text>`;
+/// - a copy of this account's own message (`from_user` is `own_user`: sent
+///   from another of its devices, or to itself):
+///   `<own_user>/<from_device> → <to_user> <message_id> <text>`.
+///
+/// The second word tells them apart (a message id is digits).
+pub(crate) fn delivery_line(deliver: &Deliver, own_user: u64) -> String {
+    let from = address(deliver.from_user, deliver.from_device);
+    let text = printable(&deliver.body);
+    match copy_recipient(deliver, own_user) {
+        Some(to) => format!("{from} → {to} {} {text}", deliver.message_id),
+        None => format!("{from} {} {text}", deliver.message_id),
+    }
+}
+
+/// `✓✓ delivered <id>,<id> by <user>/<device>` or `✓✓ read ... by
+/// <user>/<device>` (the recipient's device that stored or read them), for
 /// the ids of `receipt` that are shown.
 pub(crate) fn receipt_line(receipt: &Receipt, ids: &[u64]) -> String {
-    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
     format!(
         "✓✓ {} {} by {}",
         receipt_kind(receipt),
-        ids.join(","),
-        receipt.from_user
+        id_list(ids),
+        address(receipt.from_user, receipt.from_device)
     )
+}
+
+/// `read-sync <id>,<id> from <peer_user> on <own_user>/<by_device>`: this
+/// account read these messages from `peer_user` on another of its devices.
+pub(crate) fn read_sync_line(sync: &ReadSync, own_user: u64) -> String {
+    format!(
+        "read-sync {} from {} on {}",
+        id_list(&sync.message_ids),
+        sync.peer_user,
+        address(own_user, sync.by_device)
+    )
+}
+
+/// `<device_id> primary|linked this|other <last seen> <name>`: one device
+/// of the account, the name last (it may hold spaces, or be empty). The
+/// last-seen time is UTC, `2025-01-31T09:05:00Z`, or `never`.
+pub(crate) fn device_line(device: &DeviceInfo, this_device: u64) -> String {
+    let role = if device.primary { "primary" } else { "linked" };
+    let this = if device.device_id == this_device {
+        "this"
+    } else {
+        "other"
+    };
+    let seen = device
+        .last_seen_at
+        .map(utc)
+        .unwrap_or_else(|| "never".into());
+    let line = format!("{} {role} {this} {seen}", device.device_id);
+    if device.name.is_empty() {
+        line
+    } else {
+        format!("{line} {}", printable(device.name.as_bytes()))
+    }
+}
+
+fn id_list(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    ids.join(",")
+}
+
+/// Unix seconds as an RFC 3339 UTC time, `2025-01-31T09:05:00Z`.
+pub(crate) fn utc(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 pub(crate) fn receipt_kind(receipt: &Receipt) -> &'static str {
@@ -96,11 +181,81 @@ mod tests {
             from_user: 42,
             timestamp_ms: 0,
             body: bytes::Bytes::from_static(b"hi\nthere\x1b[31m \xff"),
+            ..Deliver::default()
         };
         assert_eq!(
-            delivery_line(&deliver),
-            "42 9 hi\\nthere\\u{1b}[31m \u{fffd}"
+            delivery_line(&deliver, 1),
+            "42 9 hi\\nthere\\u{1b}[31m \u{fffd}",
+            "no device from an older server"
         );
+        let from_device = Deliver {
+            from_device: 420,
+            to_user: 1,
+            ..deliver.clone()
+        };
+        assert_eq!(
+            delivery_line(&from_device, 1),
+            "42/420 9 hi\\nthere\\u{1b}[31m \u{fffd}"
+        );
+    }
+
+    #[test]
+    fn copies_of_own_messages_name_the_recipient() {
+        let copy = Deliver {
+            message_id: 9,
+            from_user: 1,
+            from_device: 10,
+            to_user: 42,
+            body: bytes::Bytes::from_static(b"7 look like an id"),
+            ..Deliver::default()
+        };
+        assert_eq!(delivery_line(&copy, 1), "1/10 → 42 9 7 look like an id");
+        // On the recipient's devices it is a plain message.
+        assert_eq!(delivery_line(&copy, 42), "1/10 9 7 look like an id");
+        let note_to_self = Deliver { to_user: 1, ..copy };
+        assert_eq!(
+            delivery_line(&note_to_self, 1),
+            "1/10 → 1 9 7 look like an id"
+        );
+    }
+
+    #[test]
+    fn read_syncs_and_devices() {
+        let sync = ReadSync {
+            sync_id: 3,
+            peer_user: 42,
+            message_ids: vec![7, 8],
+            by_device: 11,
+            timestamp_ms: 0,
+        };
+        assert_eq!(read_sync_line(&sync, 1), "read-sync 7,8 from 42 on 1/11");
+        let phone = DeviceInfo {
+            device_id: 10,
+            name: "Alice's phone".into(),
+            primary: true,
+            created_at: 0,
+            last_seen_at: Some(1_738_314_300),
+        };
+        assert_eq!(
+            device_line(&phone, 10),
+            "10 primary this 2025-01-31T09:05:00Z Alice's phone"
+        );
+        let laptop = DeviceInfo {
+            device_id: 11,
+            name: String::new(),
+            primary: false,
+            created_at: 0,
+            last_seen_at: None,
+        };
+        assert_eq!(device_line(&laptop, 10), "11 linked other never");
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_709_210_096), "2024-02-29T12:34:56Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]
@@ -111,8 +266,14 @@ mod tests {
             from_user: 7,
             message_ids: vec![3, 4],
             timestamp_ms: 0,
+            ..Receipt::default()
         };
         assert_eq!(receipt_line(&receipt, &[3, 4]), "✓✓ read 3,4 by 7");
+        let from_device = Receipt {
+            from_device: 70,
+            ..receipt.clone()
+        };
+        assert_eq!(receipt_line(&from_device, &[3]), "✓✓ read 3 by 7/70");
         let receipt = Receipt {
             kind: ReceiptKind::Delivered as i32,
             ..receipt

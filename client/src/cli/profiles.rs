@@ -56,7 +56,10 @@ pub(crate) fn whoami(dir: &ProfileDir) -> Result<(), CliError> {
     let profile = dir.load()?;
     say(&format!("user_id {}", profile.user_id))?;
     say(&format!("device_id {}", profile.device_id))?;
-    say(&format!("phone {}", profile.phone))?;
+    // A linked device never knew the account's number.
+    if !profile.phone.is_empty() {
+        say(&format!("phone {}", profile.phone))?;
+    }
     say(&format!("profile {}", dir.path().display()))?;
     say(&format!("http {}", profile.http))?;
     say(&format!("ws {}", profile.ws))?;
@@ -95,7 +98,8 @@ pub(crate) fn set(cli: &Cli, dir: &ProfileDir) -> Result<(), CliError> {
                 ..Endpoints::resolve(cli, Some(&profile))
             };
             // Not saved, so `profile set` is not the fix to offer.
-            let explain = Explain::new(dir, Some(&profile.phone), &endpoints, false);
+            let explain =
+                Explain::new(dir, Some(&profile.phone), &endpoints, false).linked(profile.linked);
             return Err(explain.client(e));
         }
         profile.ca = ca;

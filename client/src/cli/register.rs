@@ -91,6 +91,7 @@ pub(crate) async fn register(
         user_id: credential.user_id,
         device_id: credential.device_id,
         token: credential.token,
+        linked: false,
         // A new device: its client_msg_id space starts afresh.
         next_client_msg_id: 1,
     })?;

@@ -1,25 +1,33 @@
 //! `send`: one message, its server ack, and with `--wait` its receipt.
+//!
+//! With `--per-device`, the message goes as one envelope per device, from
+//! the device lists the profile keeps; a `DEVICES_CHANGED` answer fixes the
+//! lists and the message is sent again once, with the same `client_msg_id`
+//! (nothing was queued).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::devices::{fanout_for, remember_fanout};
 use super::explain::{Notice, human_secs};
-use super::inbox::{close_quietly, load_seen, load_sent, show_receipt};
-use super::output::say;
+use super::inbox::{Inbox, close_quietly, load_seen, load_sent, show_receipt};
+use super::output::{address, note, say};
 use super::{Cli, CliError, Loaded, WaitFor};
-use crate::ClientError;
 use crate::phone::{looks_like_phone, normalize};
 use crate::profile::{ProfileDir, SeenIds};
 use crate::proto::limits::MAX_BODY_BYTES;
-use crate::proto::v1::{ErrorCode, ReceiptKind, SendError, server_frame};
-use crate::receipts::{CheckedReceipt, ReceiptTracker};
+use crate::proto::v1::{DeviceAddress, ErrorCode, ReceiptKind, SendError, server_frame};
+use crate::receipts::{CheckedReceipt, ReceiptTracker, copy_recipient};
+use crate::{ClientError, DevicesChanged, Fanout, Session, devices_changed};
 
 pub(crate) struct SendOptions {
     pub wait: Option<WaitFor>,
     pub timeout: Duration,
+    pub per_device: bool,
 }
 
 /// The recipient argument: a user id, never a phone number.
@@ -101,6 +109,12 @@ pub(crate) async fn send(
     }
     let loaded = Loaded::new(cli, dir)?;
     let explain = &loaded.explain;
+    let own_user = loaded.profile.user_id;
+    let mut fanout = if options.per_device {
+        Some(fanout_for(&loaded, dir, to_user).await?)
+    } else {
+        None
+    };
     let mut session = loaded.connect().await?;
     // Reserved (and saved) before the send: if this run dies after sending,
     // the next run must not reuse the id, or the server would answer it with
@@ -112,16 +126,25 @@ pub(crate) async fn send(
     } else {
         Default::default()
     });
+    let body = Bytes::from(text.as_bytes().to_vec());
     tracker.sending(client_msg_id, to_user);
-    session
-        .send(client_msg_id, to_user, text.as_bytes().to_vec())
+    send_once(&mut session, client_msg_id, to_user, &body, fanout.as_ref())
         .await
         .map_err(|e| explain.client(e))?;
+    // One resend after DEVICES_CHANGED: the fixed list is exactly what the
+    // server asked for, so a second refusal means the devices changed again
+    // meanwhile, and looping could go on as long as someone keeps linking.
+    let mut resent = false;
 
-    let mut seen = if options.wait.is_some() {
-        load_seen(dir)
-    } else {
-        SeenIds::default()
+    let mut inbox = Inbox {
+        dir,
+        explain,
+        own_user,
+        seen: if options.wait.is_some() {
+            load_seen(dir)
+        } else {
+            SeenIds::default()
+        },
     };
     let mut message_id = None;
     let mut progress = Progress::default();
@@ -155,13 +178,51 @@ pub(crate) async fn send(
                 if let Err(e) = dir.record_sent(ack.message_id, to_user) {
                     warn!(error = %e, "cannot record the sent message; its receipts will be shown unchecked");
                 }
+                if let Some(fanout) = &fanout {
+                    remember_fanout(dir, fanout, own_user);
+                }
                 say(&format!("✓ sent {}", ack.message_id))?;
                 message_id = Some(ack.message_id);
                 tracker.acked(&ack)
             }
             Some(server_frame::Frame::SendError(e)) if e.client_msg_id == client_msg_id => {
-                close_quietly(session).await;
-                return Err(send_failed(&e, to_user, &explain.command("lookup")));
+                let changed = devices_changed(&e);
+                match (fanout.as_mut(), changed) {
+                    (Some(fanout), Some(changed)) if !resent => {
+                        if let Err(why) = fanout.apply(changed) {
+                            close_quietly(session).await;
+                            return Err(CliError::new(format!(
+                                "send failed: DEVICES_CHANGED, and the server's lists cannot be used ({why}): \
+                                 nothing was sent; run the same command again"
+                            )));
+                        }
+                        note(&format!(
+                            "the device list was out of date ({}); sending again",
+                            describe(changed)
+                        ));
+                        remember_fanout(dir, fanout, own_user);
+                        // The same send, still awaited by the tracker: a
+                        // receipt held for its ack stays held.
+                        send_once(&mut session, client_msg_id, to_user, &body, Some(fanout))
+                            .await
+                            .map_err(|e| explain.client(e))?;
+                        resent = true;
+                        Vec::new()
+                    }
+                    _ => {
+                        close_quietly(session).await;
+                        return Err(send_failed(&e, to_user, &explain.command("lookup")));
+                    }
+                }
+            }
+            // A copy of a message another device of this account sent: its
+            // receipts may come here too, and are believed from its
+            // recipient. The copy itself is left for `listen`.
+            Some(server_frame::Frame::Deliver(deliver)) if options.wait.is_some() => {
+                match copy_recipient(&deliver, own_user) {
+                    Some(to) => tracker.copied(deliver.message_id, to),
+                    None => Vec::new(),
+                }
             }
             // Without --wait, receipts stay queued for `listen`.
             Some(server_frame::Frame::Receipt(receipt)) if options.wait.is_some() => {
@@ -175,18 +236,56 @@ pub(crate) async fn send(
                 last_notice = Some(Notice::Error(e.code, e.reason));
                 Vec::new()
             }
-            // Deliveries are left unacknowledged: `listen` shows them.
+            // Deliveries and read-syncs are left unacknowledged: `listen`
+            // shows them.
             _ => Vec::new(),
         };
         for checked in &decided {
             progress.note(checked);
-            show_receipt(&mut session, &mut seen, dir, checked, explain).await?;
+            show_receipt(&mut session, &mut inbox, checked).await?;
         }
         if progress.done(message_id, options.wait) {
             close_quietly(session).await;
             return Ok(());
         }
     }
+}
+
+/// The message, with one body for all devices or one envelope per device.
+async fn send_once(
+    session: &mut Session,
+    client_msg_id: u64,
+    to_user: u64,
+    body: &Bytes,
+    fanout: Option<&Fanout>,
+) -> Result<(), ClientError> {
+    match fanout {
+        Some(fanout) => {
+            session
+                .send_envelopes(client_msg_id, to_user, fanout.envelopes(body))
+                .await
+        }
+        None => session.send(client_msg_id, to_user, body.clone()).await,
+    }
+}
+
+/// `missing 42/421, 3/31; extra 42/429`.
+fn describe(changed: DevicesChanged<'_>) -> String {
+    let list = |addresses: &[DeviceAddress]| {
+        addresses
+            .iter()
+            .map(|a| address(a.user_id, a.device_id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if !changed.missing.is_empty() {
+        parts.push(format!("missing {}", list(changed.missing)));
+    }
+    if !changed.extra.is_empty() {
+        parts.push(format!("extra {}", list(changed.extra)));
+    }
+    parts.join("; ")
 }
 
 /// `send` ran out of time: what is known about the message, and where its
@@ -218,6 +317,23 @@ fn timed_out(
 /// A `SendError`, with the fix for the common mistakes.
 fn send_failed(e: &SendError, to_user: u64, lookup: &str) -> CliError {
     let code = ErrorCode::try_from(e.code).ok();
+    match code {
+        Some(ErrorCode::ClientMsgIdReused) => {
+            return CliError::new(format!(
+                "send failed: the server says this message's id ({}) was used before for another message \
+                 (CLIENT_MSG_ID_REUSED): this profile's id counter went back (restored from a backup?); \
+                 nothing was sent: run the same command again, it takes the next id",
+                e.client_msg_id
+            ));
+        }
+        Some(ErrorCode::DevicesChanged) => {
+            return CliError::new(format!(
+                "send failed: the devices of user {to_user} or of this account changed again while sending \
+                 (DEVICES_CHANGED): nothing was sent; run the same command again"
+            ));
+        }
+        _ => {}
+    }
     if code == Some(ErrorCode::UnknownRecipient) {
         // A phone number typed without its `+` is a plausible user id to
         // the parser; say so when it has a phone number's length.
@@ -277,6 +393,7 @@ mod tests {
             code: ErrorCode::UnknownRecipient as i32,
             reason: "no such user".into(),
             retry_after_ms: 0,
+            ..SendError::default()
         };
         let lookup = "parley-cli --profile alice lookup";
         let text = send_failed(&e, 15550002222, lookup).to_string();
@@ -302,6 +419,57 @@ mod tests {
         assert_eq!(
             send_failed(&full, 1, lookup).to_string(),
             "send failed: MAILBOX_FULL: full (retry after 500 ms)"
+        );
+        let reused = SendError {
+            client_msg_id: 7,
+            code: ErrorCode::ClientMsgIdReused as i32,
+            ..full.clone()
+        };
+        let text = send_failed(&reused, 1, lookup).to_string();
+        assert!(
+            text.contains("(7)") && text.contains("run the same command again"),
+            "{text}"
+        );
+        let changed = SendError {
+            code: ErrorCode::DevicesChanged as i32,
+            ..full
+        };
+        let text = send_failed(&changed, 42, lookup).to_string();
+        assert!(
+            text.contains("user 42") && text.contains("nothing was sent"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stale_list_is_described_by_device() {
+        let missing = [
+            DeviceAddress {
+                user_id: 42,
+                device_id: 421,
+            },
+            DeviceAddress {
+                user_id: 3,
+                device_id: 31,
+            },
+        ];
+        let extra = [DeviceAddress {
+            user_id: 42,
+            device_id: 429,
+        }];
+        assert_eq!(
+            describe(DevicesChanged {
+                missing: &missing,
+                extra: &extra
+            }),
+            "missing 42/421, 3/31; extra 42/429"
+        );
+        assert_eq!(
+            describe(DevicesChanged {
+                missing: &[],
+                extra: &extra
+            }),
+            "extra 42/429"
         );
     }
 
@@ -338,6 +506,7 @@ mod tests {
             from_user,
             message_ids: vec![500],
             timestamp_ms: 0,
+            ..Receipt::default()
         };
         let mut tracker = ReceiptTracker::default();
         let mut progress = Progress::default();

@@ -20,7 +20,7 @@ use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use parley_registration::{
     AccountStore, DeviceEvents, DeviceId, OutboxSms, RegistrationConfig, RegistrationState,
-    SmsSender, TokenKeys, UserId, router,
+    SmsSender, TokenKeys, UnlinkReason, UserId, router,
 };
 use rand::Rng;
 use serde_json::Value;
@@ -152,15 +152,46 @@ macro_rules! on_every_backend {
     };
 }
 
-/// Records `device_replaced` calls.
+/// One `account_reregistered` call: (user, old primary, old linked, new primary).
+pub type Reregistered = (UserId, DeviceId, Vec<DeviceId>, DeviceId);
+
+/// Records the device events, each kind in its own list.
 #[derive(Debug, Default)]
 pub struct RecordingEvents {
+    /// `(user, old primary)` of each re-registration.
     pub replaced: Mutex<Vec<(UserId, DeviceId)>>,
+    pub reregistered: Mutex<Vec<Reregistered>>,
+    pub linked: Mutex<Vec<(UserId, DeviceId)>>,
+    pub unlinked: Mutex<Vec<(UserId, DeviceId, UnlinkReason)>>,
 }
 
 impl DeviceEvents for RecordingEvents {
-    fn device_replaced(&self, user: UserId, old_device: DeviceId) {
-        self.replaced.lock().expect("lock").push((user, old_device));
+    fn device_linked(&self, user: UserId, device: DeviceId) {
+        self.linked.lock().expect("lock").push((user, device));
+    }
+
+    fn device_unlinked(&self, user: UserId, device: DeviceId, reason: UnlinkReason) {
+        self.unlinked
+            .lock()
+            .expect("lock")
+            .push((user, device, reason));
+    }
+
+    fn account_reregistered(
+        &self,
+        user: UserId,
+        old_primary: DeviceId,
+        old_linked: Vec<DeviceId>,
+        new_primary: DeviceId,
+    ) {
+        self.replaced
+            .lock()
+            .expect("lock")
+            .push((user, old_primary));
+        self.reregistered
+            .lock()
+            .expect("lock")
+            .push((user, old_primary, old_linked, new_primary));
     }
 }
 
