@@ -83,9 +83,20 @@ async fn send_all(
 
 #[tokio::test]
 async fn a_backup_under_load_restores_every_message_acked_before_it() {
-    // The default per-session message rate (20/s) would make this slow.
-    let server =
-        TestServer::start_with(&["--messages-per-second", "5000", "--messages-burst", "5000"]);
+    // The default per-session limits (20 messages/s, 100 frames/s) would
+    // make this slow, and the frame limit would refuse senders whose acks
+    // come back fast: how fast depends on the machine, so both are raised
+    // out of reach.
+    let server = TestServer::start_with(&[
+        "--messages-per-second",
+        "100000",
+        "--messages-burst",
+        "100000",
+        "--frames-per-second",
+        "100000",
+        "--frames-burst",
+        "100000",
+    ]);
     let mut recipients: Vec<Credential> = Vec::new();
     for _ in 0..RECIPIENTS {
         recipients.push(server.register().await);
