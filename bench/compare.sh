@@ -11,7 +11,9 @@
 # same; each server is provisioned by its own `parley`). Scenarios (default:
 # all):
 #   chat1    chat, 1 device per user: the highest rate that keeps up
-#            (--find-max), then 30 s at a fixed rate for latency and CPU
+#            (--find-max; with MAX_P99=MS, the highest whose receipt p99
+#            stays within MS), then REPEATS rounds of 30 s at a fixed RATE,
+#            old and new in turn, for latency and CPU per message
 #   chat3    the same with 3 devices per user (new build only: the old one
 #            has one device per user)
 #   idle     server memory per idle session, 19,000 sessions
@@ -23,7 +25,10 @@ OUT=$(mkdir -p "$3" && cd "$3" && pwd)
 shift 3
 SCENARIOS=${*:-chat1 chat3 idle}
 RATE=${RATE:-10000}
-START_RATE=${START_RATE:-15000}
+START_RATE=${START_RATE:-20000}
+REPEATS=${REPEATS:-3}
+BOUND=()
+[ -n "${MAX_P99:-}" ] && BOUND=(--max-p99-ms "$MAX_P99")
 WORK=$(mktemp -d /tmp/parley-compare.XXXXXX)
 PID=""
 
@@ -78,17 +83,23 @@ for scenario in $SCENARIOS; do
             [ $build = new ] && bin=$NEW
             start "$bin" "$build-chat1-max"
             bench "$bin" "$build-chat1-max" chat --pairs 1000 --rate "$START_RATE" \
-                --duration 10 --find-max --step-factor 1.25 --max-steps 8 --max-p99-ms 20
+                --duration 10 --find-max --step-factor 1.25 --max-steps 8 "${BOUND[@]}"
             stop
-            start "$bin" "$build-chat1-fixed"
-            bench "$bin" "$build-chat1-fixed" chat --pairs 1000 --rate "$RATE" --duration 30
-            stop
+        done
+        for round in $(seq 1 "$REPEATS"); do
+            for build in old new; do
+                bin=$OLD
+                [ $build = new ] && bin=$NEW
+                start "$bin" "$build-chat1-fixed-$round"
+                bench "$bin" "$build-chat1-fixed-$round" chat --pairs 1000 --rate "$RATE" --duration 30
+                stop
+            done
         done
         ;;
     chat3)
         start "$NEW" "new-chat3-max"
         bench "$NEW" "new-chat3-max" chat --pairs 1000 --devices 3 --rate "$((START_RATE / 3))" \
-            --duration 10 --find-max --step-factor 1.25 --max-steps 8 --max-p99-ms 20
+            --duration 10 --find-max --step-factor 1.25 --max-steps 8 "${BOUND[@]}"
         stop
         start "$NEW" "new-chat3-fixed"
         bench "$NEW" "new-chat3-fixed" chat --pairs 1000 --devices 3 --rate "$((RATE / 3))" --duration 30
