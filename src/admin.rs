@@ -155,6 +155,11 @@ impl Metrics {
     /// Registers registration's families (once, at start-up), and makes
     /// every `(route, status)` series of the HTTP API exist from the start
     /// (at 0), with a latency histogram for each route's success.
+    /// The SMS sender's metrics, under `parley_sns_`.
+    pub fn add_sns(&mut self, sms: &parley_sns::SmsMetrics) {
+        sms.register(self.registry.sub_registry_with_prefix("sns"));
+    }
+
     pub fn add_registration(&mut self, registration: &RegistrationMetrics) {
         registration.register(self.registry.sub_registry_with_prefix("registration"));
         for (route, statuses) in parley_registration::api::ROUTES {

@@ -125,6 +125,29 @@ pub enum Durability {
     Memory,
 }
 
+/// How registration codes reach phones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsProvider {
+    /// Written to <data-dir>/outbox.jsonl (development: nothing is sent).
+    #[default]
+    Outbox,
+    /// Sent as SMS through AWS SNS (docs/operations.md "SMS").
+    Sns,
+}
+
+/// The SMS sender the node is built with.
+#[derive(Clone, Debug)]
+pub enum SmsConfig {
+    /// The development outbox at this path.
+    Outbox(PathBuf),
+    /// AWS SNS.
+    Sns {
+        settings: parley_sns::SnsSettings,
+        options: parley_sns::SmsOptions,
+    },
+}
+
 /// Every setting, each optional so that flags, environment and file can be
 /// layered. Durations are whole seconds. The field names are the file's
 /// keys; the flags are the same names in kebab case, the environment
@@ -341,6 +364,29 @@ pub struct Settings {
     /// The journal's page cache in MiB. [default: 64]
     #[arg(long, env = "PARLEY_JOURNAL_CACHE_MIB", value_name = "MIB")]
     pub journal_cache_mib: Option<usize>,
+
+    /// How registration codes are sent: `outbox` (written to
+    /// <data-dir>/outbox.jsonl, nothing leaves the machine) or `sns` (SMS
+    /// through AWS SNS; region and credentials from the standard AWS
+    /// configuration). [default: outbox]
+    #[arg(long, env = "PARLEY_SMS", value_enum)]
+    pub sms: Option<SmsProvider>,
+
+    /// With `--sms sns`: the sender id shown on the phone
+    /// (AWS.SNS.SMS.SenderID), 1 to 11 letters and digits with at least one
+    /// letter, where the destination country supports sender ids.
+    #[arg(long, env = "PARLEY_SMS_SENDER_ID", value_name = "ID")]
+    pub sms_sender_id: Option<String>,
+
+    /// With `--sms sns`: the number SMS are sent from
+    /// (AWS.MM.SMS.OriginationNumber), in E.164, owned by the AWS account.
+    #[arg(long, env = "PARLEY_SMS_ORIGINATION_NUMBER", value_name = "E164")]
+    pub sms_origination_number: Option<String>,
+
+    /// An SNS endpoint instead of AWS's, e.g. a local SNS-compatible server
+    /// (AWS_ENDPOINT_URL_SNS and AWS_ENDPOINT_URL work too).
+    #[arg(long, env = "PARLEY_SNS_ENDPOINT_URL", value_name = "URL")]
+    pub sns_endpoint_url: Option<String>,
 }
 
 impl Settings {
@@ -397,6 +443,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where backups of the running node go.
     pub backup_dir: PathBuf,
+    /// How registration codes are sent.
+    pub sms: SmsConfig,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -449,7 +497,11 @@ impl Config {
     fn validate(s: Settings, sources: &Sources) -> Result<Config, ConfigError> {
         let name = |key: &str| sources.name(key);
         let mut problems = Vec::new();
-        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("parley-data"));
+        let data_dir = s
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("parley-data"));
+        let sms = sms_config(&s, &data_dir, &name, &mut problems);
         let database_url = s.database_url.unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("parley.db").display())
         });
@@ -764,7 +816,74 @@ impl Config {
             log_format: s.log_format.unwrap_or_default(),
             journal,
             backup_dir,
+            sms,
         })
+    }
+}
+
+/// The SMS sender of `s`, its settings checked.
+fn sms_config(
+    s: &Settings,
+    data_dir: &Path,
+    name: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) -> SmsConfig {
+    let provider = s.sms.unwrap_or_default();
+    if provider == SmsProvider::Outbox {
+        for key in [
+            "sms_sender_id",
+            "sms_origination_number",
+            "sns_endpoint_url",
+        ] {
+            let set = match key {
+                "sms_sender_id" => s.sms_sender_id.is_some(),
+                "sms_origination_number" => s.sms_origination_number.is_some(),
+                _ => s.sns_endpoint_url.is_some(),
+            };
+            if set {
+                problems.push(format!(
+                    "{}: applies only with --sms sns (PARLEY_SMS=sns)",
+                    name(key)
+                ));
+            }
+        }
+        return SmsConfig::Outbox(data_dir.join("outbox.jsonl"));
+    }
+    if let Some(id) = &s.sms_sender_id {
+        let valid = (1..=11).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_alphanumeric())
+            && id.chars().any(|c| c.is_ascii_alphabetic());
+        if !valid {
+            problems.push(format!(
+                "{}: must be 1 to 11 letters and digits with at least one letter, not {id:?}",
+                name("sms_sender_id")
+            ));
+        }
+    }
+    if let Some(number) = &s.sms_origination_number
+        && !parley_registration::phone::is_e164(number)
+    {
+        problems.push(format!(
+            "{}: must be a phone number in E.164 (+ and digits), not {number:?}",
+            name("sms_origination_number")
+        ));
+    }
+    if let Some(url) = &s.sns_endpoint_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.push(format!(
+            "{}: must be an http:// or https:// URL, not {url:?}",
+            name("sns_endpoint_url")
+        ));
+    }
+    SmsConfig::Sns {
+        settings: parley_sns::SnsSettings {
+            endpoint_url: s.sns_endpoint_url.clone(),
+        },
+        options: parley_sns::SmsOptions {
+            sender_id: s.sms_sender_id.clone(),
+            origination_number: s.sms_origination_number.clone(),
+        },
     }
 }
 

@@ -35,7 +35,9 @@ use anyhow::Context as _;
 use parley_gateway::Gateway;
 use parley_identity::{Authenticator, CachedDirectory, DeviceId, TokenKeys, UserId};
 use parley_proto::v1::CloseReason;
-use parley_registration::{AccountStore, DeviceEvents, OutboxSms, RegistrationState, UnlinkReason};
+use parley_registration::{
+    AccountStore, DeviceEvents, OutboxSms, RegistrationState, SmsSender, UnlinkReason,
+};
 use parley_router::{Device, MemoryRouter, Router};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -45,6 +47,7 @@ use datadir::DataDir;
 use tokio::sync::watch;
 
 pub use config::Config;
+use config::SmsConfig;
 
 /// The two listeners of a node.
 #[derive(Debug)]
@@ -284,15 +287,32 @@ pub async fn run(
     };
     // Who is who, cached for the message path; registration invalidates it.
     let directory = CachedDirectory::new(Arc::new(store.clone()), DIRECTORY_CACHE_USERS);
-    // Created now, so that the file a developer is told to watch exists
-    // from the first start, before the first SMS.
-    let outbox = data_dir.join("outbox.jsonl");
-    let sms = OutboxSms::create(&outbox)
-        .with_context(|| format!("cannot create the SMS outbox {}", outbox.display()))?;
+    let sms: Arc<dyn SmsSender> = match &config.sms {
+        SmsConfig::Outbox(outbox) => {
+            // Created now, so that the file a developer is told to watch
+            // exists from the first start, before the first SMS.
+            let sms = OutboxSms::create(outbox)
+                .with_context(|| format!("cannot create the SMS outbox {}", outbox.display()))?;
+            Arc::new(sms)
+        }
+        SmsConfig::Sns { settings, options } => {
+            let client = parley_sns::connect(settings)
+                .await
+                .context("SMS through SNS (--sms sns)")?;
+            let sms_metrics = parley_sns::SmsMetrics::default();
+            metrics.add_sns(&sms_metrics);
+            tracing::info!("registration codes are sent as SMS through SNS");
+            Arc::new(parley_sns::SnsSms::new(
+                client,
+                options.clone(),
+                sms_metrics,
+            ))
+        }
+    };
     let registration = RegistrationState::new(
         store.clone(),
         keys.clone(),
-        Arc::new(sms),
+        sms,
         Arc::new(DeviceChanges {
             router: router.clone(),
             directory: directory.clone(),
@@ -337,7 +357,10 @@ pub async fn run(
         http = %format!("https://{http_addr}"),
         admin = %format!("http://{admin_addr}/metrics"),
         cert = %certificate.files().cert.display(),
-        outbox = %outbox.display(),
+        outbox = %match &config.sms {
+            SmsConfig::Outbox(outbox) => outbox.display().to_string(),
+            SmsConfig::Sns { .. } => "none (SMS go through SNS)".to_owned(),
+        },
         "parley is serving"
     );
 

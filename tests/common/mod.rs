@@ -85,6 +85,16 @@ impl Process {
             ])
             .args(args)
             .env("RUST_LOG", "info,parley_gateway=debug")
+            // For `--sms sns` against a local SNS-compatible server: a
+            // region and static credentials, nothing of the machine's own
+            // AWS configuration, and no instance-metadata lookups.
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "parley-test")
+            .env("AWS_SECRET_ACCESS_KEY", "parley-test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_SNS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

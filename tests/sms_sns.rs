@@ -1,0 +1,309 @@
+//! Registration codes as SMS through AWS SNS (`--sms sns`), end to end: the
+//! real server, the real AWS SDK, and a real local SNS-compatible server
+//! (moto's, started here from `PARLEY_TEST_MOTO`; `.ci/run` installs it).
+//! What SNS was asked to send is read back from moto's own API
+//! (`GET /moto-api/data.json`).
+//!
+//! The tests that need moto are ignored (and reported so) unless
+//! `PARLEY_TEST_MOTO` was set when they were built; under `CI=true` a missing
+//! variable fails `moto_configured_in_ci`. The failure tests need no SNS at
+//! all: they point the server at a port where nothing listens.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, eventually, sample};
+
+/// How long moto may take to start (usually about a second).
+const MOTO_STARTUP: Duration = Duration::from_secs(60);
+
+/// A moto server on a loopback port of its own, ended (by its pid) when
+/// dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let command = std::env::var("PARLEY_TEST_MOTO")
+            .ok()
+            .filter(|c| !c.is_empty())
+            .expect("PARLEY_TEST_MOTO names the command that starts moto's server");
+        let port = free_port();
+        let child = Command::new(&command)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        eventually("moto answers", MOTO_STARTUP, || async {
+            moto.try_data()
+                .await
+                .map(|_| ())
+                .ok_or_else(|| "no answer yet".to_owned())
+        })
+        .await;
+        moto
+    }
+
+    async fn try_data(&self) -> Option<serde_json::Value> {
+        let response = plain_http()
+            .get(format!("{}/moto-api/data.json", self.url))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// The SMS SNS was asked to send: `(phone_number, message)`.
+    async fn sms(&self) -> Vec<(String, String)> {
+        let data = self.try_data().await.expect("moto's data");
+        data["sns"]["SMS"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|sms| {
+                        (
+                            sms["phone_number"].as_str().unwrap_or_default().to_owned(),
+                            sms["message"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for moto's plain-HTTP API (reqwest needs a TLS
+/// configuration even so; it trusts nothing).
+fn plain_http() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("client")
+}
+
+/// A loopback port nothing listens on (it was free a moment ago).
+fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("addr").port()
+}
+
+/// `POST path` with a JSON body: the status and the JSON answer.
+async fn post(
+    server: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(Arc::unwrap_or_clone(server.tls.clone()))
+        .build()
+        .expect("client");
+    let response = client
+        .post(format!("{}{path}", server.http_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn six_digits(text: &str) -> String {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    assert_eq!(digits.len(), 6, "one six-digit code in {text:?}");
+    digits
+}
+
+#[test]
+fn moto_configured_in_ci() {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let moto = std::env::var("PARLEY_TEST_MOTO").is_ok_and(|c| !c.is_empty());
+    assert!(
+        !ci || (cfg!(parley_moto) && moto),
+        "CI is set but PARLEY_TEST_MOTO is not, so the SNS tests were ignored: .ci/run installs \
+         moto (pip install 'moto[server]') and sets it to moto_server"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(parley_moto),
+    ignore = "set PARLEY_TEST_MOTO (e.g. moto_server) to run against moto"
+)]
+async fn a_code_goes_out_as_sms_through_sns_and_verifies() {
+    let moto = Moto::start().await;
+    let server = TestServer::start_with(&[
+        "--sms",
+        "sns",
+        "--sns-endpoint-url",
+        &moto.url,
+        "--sms-sender-id",
+        "Parley",
+    ]);
+    let phone = server.phone();
+    let (status, body) = post(
+        &server,
+        "/v1/registration/code",
+        serde_json::json!({ "phone": phone }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+
+    let sent = moto.sms().await;
+    let to_phone: Vec<&(String, String)> = sent.iter().filter(|(to, _)| *to == phone).collect();
+    assert_eq!(to_phone.len(), 1, "one SMS to {phone}: {sent:?}");
+    let code = six_digits(&to_phone[0].1);
+    assert!(
+        to_phone[0].1.starts_with("Your Parley code is "),
+        "{sent:?}"
+    );
+
+    // Nothing reached the development outbox, and the code works.
+    let outbox = std::fs::read_to_string(server.outbox()).unwrap_or_default();
+    assert!(!outbox.contains(&phone), "the outbox is not used: {outbox}");
+    let credential = server
+        .registration()
+        .verify(&phone, &code)
+        .await
+        .expect("the SMS's code verifies");
+    assert_ne!(credential.user_id, 0);
+
+    let (_, metrics) = server.admin_get("/metrics").await;
+    assert_eq!(
+        sample(&metrics, "parley_sns_sms_sent_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The number and the code stay out of the log.
+    let log = server.log();
+    assert!(
+        !log.contains(&phone),
+        "the phone number is in the log:\n{log}"
+    );
+    assert!(!log.contains(&code), "the code is in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn an_sns_that_cannot_be_reached_is_sms_failed_and_leaves_the_limits() {
+    // Nothing listens at this endpoint: every attempt (with the SDK's
+    // retries) fails to connect.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let server = TestServer::start_with(&["--sms", "sns", "--sns-endpoint-url", &endpoint]);
+    let phone = server.phone();
+    for attempt in 1..=3 {
+        let (status, body) = post(
+            &server,
+            "/v1/registration/code",
+            serde_json::json!({ "phone": phone }),
+        )
+        .await;
+        // Not 429: a code that was not sent counts against nothing (the
+        // number may ask again at once), however often it fails.
+        assert_eq!(status, 502, "attempt {attempt}: {body}");
+        assert_eq!(
+            body["error"]["code"], "SMS_FAILED",
+            "attempt {attempt}: {body}"
+        );
+    }
+    let (_, metrics) = server.admin_get("/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"parley_sns_sms_failed_total{reason="unreachable"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "parley_sns_sms_sent_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "parley_registration_codes_sent_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let log = server.log();
+    assert!(
+        !log.contains(&phone),
+        "the phone number is in the log:\n{log}"
+    );
+}
+
+#[test]
+fn sns_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--sms-sender-id",
+            "Parley",
+            "--gateway-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("parley runs");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("--sms-sender-id: applies only with --sms sns"),
+        "{said}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--sms",
+            "sns",
+            "--sms-sender-id",
+            "Parley Messenger",
+            "--sms-origination-number",
+            "555",
+            "--sns-endpoint-url",
+            "localhost:4566",
+        ])
+        .output()
+        .expect("parley runs");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    for problem in [
+        "--sms-sender-id: must be 1 to 11 letters and digits",
+        "--sms-origination-number: must be a phone number in E.164",
+        "--sns-endpoint-url: must be an http:// or https:// URL",
+    ] {
+        assert!(said.contains(problem), "{problem:?} in {said}");
+    }
+}
