@@ -49,6 +49,13 @@ pub enum ConnectError {
 /// An SNS client from the standard AWS configuration chain and `settings`.
 /// Makes no request: credentials are looked up at the first call.
 pub async fn connect(settings: &SnsSettings) -> Result<aws_sdk_sns::Client, ConnectError> {
+    client_from(loader(settings)).await
+}
+
+/// The AWS configuration [`connect`] loads: the standard chain, our HTTPS
+/// client and retry policy, and `settings`. A caller may add to it (a
+/// region or credentials of its own) before [`client_from`].
+pub fn loader(settings: &SnsSettings) -> aws_config::ConfigLoader {
     let https = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -64,6 +71,13 @@ pub async fn connect(settings: &SnsSettings) -> Result<aws_sdk_sns::Client, Conn
     if let Some(url) = &settings.endpoint_url {
         loader = loader.endpoint_url(url);
     }
+    loader
+}
+
+/// The SNS client of `loader`'s configuration; it must name a region.
+pub async fn client_from(
+    loader: aws_config::ConfigLoader,
+) -> Result<aws_sdk_sns::Client, ConnectError> {
     let config = loader.load().await;
     if config.region().is_none() {
         return Err(ConnectError::NoRegion);
@@ -180,6 +194,9 @@ impl SmsSender for SnsSms {
                 }
                 Err(err) => {
                     let (reason, detail) = classify(&err);
+                    // SNS messages may quote what they refused: keep the
+                    // number and the text out of what reaches the log.
+                    let detail = redact(&detail, to, body);
                     self.metrics
                         .failed
                         .get_or_create(&[("reason", reason)])
@@ -219,6 +236,18 @@ where
     }
 }
 
+/// `detail` without `to` (also without its `+`) and without `body`.
+fn redact(detail: &str, to: &str, body: &str) -> String {
+    let mut detail = detail.replace(body, "<the message>");
+    detail = detail.replace(to, "<the number>");
+    if let Some(digits) = to.strip_prefix('+')
+        && !digits.is_empty()
+    {
+        detail = detail.replace(digits, "<the number>");
+    }
+    detail
+}
+
 /// The `reason` label of an SNS error code.
 fn reason_of_code(code: &str) -> &'static str {
     match code {
@@ -245,6 +274,19 @@ fn reason_of_code(code: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_quoting_the_number_or_the_text_are_redacted() {
+        let said = redact(
+            "InvalidParameter: Invalid parameter: PhoneNumber Reason: +15550001111 (15550001111) \
+             rejected 'Your Parley code is 123456'",
+            "+15550001111",
+            "Your Parley code is 123456",
+        );
+        assert!(!said.contains("5550001111"), "{said}");
+        assert!(!said.contains("123456"), "{said}");
+        assert!(said.contains("InvalidParameter"), "{said}");
+    }
 
     #[test]
     fn every_error_code_has_a_known_reason() {
