@@ -24,7 +24,7 @@ pub enum SmsError {
     Provider(String),
 }
 
-/// SMS leaves through this trait; production (AWS SNS) comes later, the
+/// SMS leaves through this trait: production through AWS SNS (`parley-sns`), the
 /// development sink [`OutboxSms`] is the default.
 ///
 /// `to` is E.164. Implementations must not log `to` or `body` above debug
