@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use parley_registration::AccountStore;
 use parley_router::MemoryRouter;
@@ -120,36 +120,17 @@ impl Backups {
     }
 }
 
-/// `20261201T093308Z`-style UTC time, with milliseconds so that two backups
-/// in one second get two names.
+/// `20261201T093308.123Z`-style UTC time, with milliseconds so that two
+/// backups in one second get two names.
 fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let (secs, millis) = (now.as_secs(), now.subsec_millis());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{millis:03}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    stamp(time::OffsetDateTime::now_utc())
 }
 
-/// The Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+fn stamp(at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+    );
+    at.format(FORMAT).expect("a UTC time formats")
 }
 
 /// Copies the regular files of `from` (not recursively: `keys/` and `tls/`
@@ -213,9 +194,12 @@ mod tests {
 
     #[test]
     fn dates_are_gregorian() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let day = |days: i64| {
+            stamp(time::OffsetDateTime::from_unix_timestamp(days * 86_400).expect("in range"))
+        };
+        assert_eq!(day(0), "19700101T000000.000Z");
+        assert_eq!(day(19_723), "20240101T000000.000Z");
+        assert_eq!(day(20_788), "20261201T000000.000Z");
+        assert_eq!(day(11_016), "20000229T000000.000Z");
     }
 }
