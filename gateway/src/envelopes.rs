@@ -52,12 +52,13 @@ pub(crate) fn check_form(body: &Bytes, envelopes: &[Envelope]) -> Result<(), &'s
 pub(crate) fn payload(
     body: Bytes,
     envelopes: Vec<Envelope>,
-    targets: &[Device],
+    targets: impl FnOnce() -> Vec<Device>,
 ) -> Result<Payload, DevicesChanged> {
     if envelopes.is_empty() {
         return Ok(Payload::Shared(body));
     }
-    let wanted: BTreeSet<Device> = targets.iter().copied().collect();
+    // Only per-device sends need the list (the router makes its own).
+    let wanted: BTreeSet<Device> = targets().into_iter().collect();
     let given: BTreeSet<Device> = envelopes
         .iter()
         .map(|e| Device::new(e.user_id, e.device_id))
@@ -112,7 +113,7 @@ mod tests {
     fn a_stale_list_is_refused_with_the_missing_and_the_extra_devices() {
         let targets = [Device::new(2, 20), Device::new(2, 21), Device::new(1, 11)];
         let given = vec![envelope(2, 20), envelope(2, 29), envelope(1, 11)];
-        match payload(Bytes::new(), given, &targets) {
+        match payload(Bytes::new(), given, || targets.to_vec()) {
             Err(DevicesChanged { missing, extra }) => {
                 assert_eq!(
                     (
@@ -128,11 +129,11 @@ mod tests {
         }
         let fixed = vec![envelope(2, 21), envelope(2, 20), envelope(1, 11)];
         assert!(matches!(
-            payload(Bytes::new(), fixed, &targets),
+            payload(Bytes::new(), fixed, || targets.to_vec()),
             Ok(Payload::PerDevice(bodies)) if bodies.len() == 3
         ));
         assert_eq!(
-            payload(Bytes::from_static(b"x"), Vec::new(), &targets),
+            payload(Bytes::from_static(b"x"), Vec::new(), || targets.to_vec()),
             Ok(Payload::Shared(Bytes::from_static(b"x")))
         );
     }

@@ -434,23 +434,23 @@ async fn on_send<'a, R: Router>(
         from_devices,
         payload: parley_router::Payload::Shared(bytes::Bytes::new()),
     };
-    outgoing.payload =
-        match envelopes::payload(send.body, send.envelopes, &outgoing.targets(device)) {
-            Ok(payload) => payload,
-            Err(DevicesChanged { missing, extra }) => {
-                return now(server_frame::Frame::SendError(SendError {
-                    client_msg_id,
-                    code: ErrorCode::DevicesChanged.into(),
-                    reason:
-                        "the envelopes do not match the devices of the recipient and the sender; \
+    outgoing.payload = match envelopes::payload(send.body, send.envelopes, || {
+        outgoing.targets(device)
+    }) {
+        Ok(payload) => payload,
+        Err(DevicesChanged { missing, extra }) => {
+            return now(server_frame::Frame::SendError(SendError {
+                client_msg_id,
+                code: ErrorCode::DevicesChanged.into(),
+                reason: "the envelopes do not match the devices of the recipient and the sender; \
                          add the missing, drop the extra, and resend"
-                            .to_owned(),
-                    retry_after_ms: 0,
-                    missing_devices: missing,
-                    extra_devices: extra,
-                }));
-            }
-        };
+                    .to_owned(),
+                retry_after_ms: 0,
+                missing_devices: missing,
+                extra_devices: extra,
+            }));
+        }
+    };
     // The router queues the message now (its place in every queue is taken
     // here, in the order this session read its sends); the ack waits for
     // the returned future.
