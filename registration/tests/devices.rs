@@ -9,20 +9,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use common::{Backend, RecordingEvents, Response, TestApp};
+use common::{Backend, Response, TestApp};
 use http::{Request, StatusCode, header};
 use parley_identity::Directory;
 use parley_registration::store::{
     AccountStore, LinkCodeRequest, LinkPolicy, Redemption, now_millis,
 };
 use parley_registration::{
-    AuthError, ClientIp, DeviceId, OutboxSms, RegistrationConfig, RegistrationState, TokenKeys,
-    UnlinkReason, UserId, router,
+    AuthError, ClientIp, DeviceId, RegistrationConfig, TokenKeys, UnlinkReason, UserId,
 };
 use serde_json::json;
 
@@ -54,34 +52,6 @@ fn config() -> RegistrationConfig {
     RegistrationConfig {
         code_interval: Duration::ZERO,
         ..RegistrationConfig::default()
-    }
-}
-
-/// A second app (another process, say) on the database of `db_dir` (for
-/// SQLite; PostgreSQL's is the backend's), with keys and outbox of its own.
-async fn start_on(backend: &Backend, db_dir: &Path, config: RegistrationConfig) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = AccountStore::connect(&backend.url(db_dir))
-        .await
-        .expect("connect store");
-    let keys = Arc::new(TokenKeys::load_or_generate(&dir.path().join("keys")).expect("keys"));
-    let outbox = dir.path().join("outbox.jsonl");
-    let events = Arc::new(RecordingEvents::default());
-    let state = RegistrationState::new(
-        store.clone(),
-        Arc::clone(&keys),
-        Arc::new(OutboxSms::new(outbox.clone())),
-        events.clone(),
-        config,
-    );
-    TestApp {
-        router: router(state.clone()),
-        state,
-        store,
-        keys,
-        outbox,
-        events,
-        dir,
     }
 }
 
@@ -333,7 +303,7 @@ async fn device_cap_when_made_and_when_redeemed(backend: Backend) {
     let code = code_of(&app, &token).await;
     // ... by a second process on the same database whose cap is lower
     // (a node started with another --max-devices): it refuses to redeem.
-    let strict = start_on(
+    let strict = TestApp::start_on(
         &backend,
         app.dir.path(),
         RegistrationConfig {
@@ -897,7 +867,7 @@ async fn migration_keeps_an_account_of_the_one_device_release(backend: Backend) 
     let dir = tempfile::tempdir().expect("tempdir");
     let url = backend.url(dir.path());
     create_release_one_database(&url, dir.path()).await;
-    let app = start_on(&backend, dir.path(), config()).await;
+    let app = TestApp::start_on(&backend, dir.path(), config()).await;
     // Its device is its primary, named and timed from the old row.
     let devices = app.store.devices(4242).await.expect("devices");
     assert_eq!(devices.len(), 1);

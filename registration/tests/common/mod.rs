@@ -250,8 +250,27 @@ impl TestApp {
         config: RegistrationConfig,
         sms: impl FnOnce(PathBuf) -> Arc<dyn SmsSender>,
     ) -> Self {
+        Self::assemble(backend, None, config, sms).await
+    }
+
+    /// A second app (another process, say) on the database of `db_dir`
+    /// (for SQLite; PostgreSQL's is the backend's), with keys and outbox of
+    /// its own.
+    pub async fn start_on(backend: &Backend, db_dir: &Path, config: RegistrationConfig) -> Self {
+        Self::assemble(backend, Some(db_dir), config, |outbox| {
+            Arc::new(OutboxSms::new(outbox))
+        })
+        .await
+    }
+
+    async fn assemble(
+        backend: &Backend,
+        db_dir: Option<&Path>,
+        config: RegistrationConfig,
+        sms: impl FnOnce(PathBuf) -> Arc<dyn SmsSender>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = AccountStore::connect(&backend.url(dir.path()))
+        let store = AccountStore::connect(&backend.url(db_dir.unwrap_or(dir.path())))
             .await
             .expect("connect store");
         let keys = Arc::new(TokenKeys::load_or_generate(&dir.path().join("keys")).expect("keys"));
