@@ -87,16 +87,7 @@ async fn a_backup_under_load_restores_every_message_acked_before_it() {
     // make this slow, and the frame limit would refuse senders whose acks
     // come back fast: how fast depends on the machine, so both are raised
     // out of reach.
-    let server = TestServer::start_with(&[
-        "--messages-per-second",
-        "100000",
-        "--messages-burst",
-        "100000",
-        "--frames-per-second",
-        "100000",
-        "--frames-burst",
-        "100000",
-    ]);
+    let server = TestServer::start_with(common::SEND_LIMITS_OFF);
     let mut recipients: Vec<Credential> = Vec::new();
     for _ in 0..RECIPIENTS {
         recipients.push(server.register().await);

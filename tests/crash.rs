@@ -124,19 +124,11 @@ const MAX_NOTES: usize = 50;
 /// Sender-recipient pairs listed in the failure message for lost messages.
 const MAX_LISTED_PAIRS: usize = 20;
 
-/// The server's limits, raised so that the load is never rate limited: a
-/// refused send is not what this test is about. The phones all register
-/// from one address, and twenty codes is the whole default per-address
-/// burst, so that limit is raised too.
+/// The server's limits beyond [`common::SEND_LIMITS_OFF`], raised so that
+/// the load is never rate limited: a refused send is not what this test is
+/// about. The phones all register from one address, and twenty codes is the
+/// whole default per-address burst, so that limit is raised.
 const SERVER_FLAGS: &[&str] = &[
-    "--messages-per-second",
-    "100000",
-    "--messages-burst",
-    "100000",
-    "--frames-per-second",
-    "100000",
-    "--frames-burst",
-    "100000",
     "--codes-per-ip-burst",
     "100",
     "--codes-per-ip-per-minute",
@@ -163,8 +155,9 @@ async fn acked_messages_survive_kill_9_under_load() {
     let mut rng = SplitMix64(seed);
 
     let extra = std::env::var("PARLEY_CRASH_EXTRA_ARGS").unwrap_or_default();
-    let flags: Vec<&str> = SERVER_FLAGS
+    let flags: Vec<&str> = common::SEND_LIMITS_OFF
         .iter()
+        .chain(SERVER_FLAGS)
         .copied()
         .chain(extra.split_whitespace())
         .collect();

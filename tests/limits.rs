@@ -118,24 +118,22 @@ async fn a_frame_flood_closes_only_the_flooding_session() {
 async fn a_phone_that_stops_reading_is_closed_and_keeps_its_messages() {
     // A large window and large bodies, so that what the server pushes is far
     // more than the socket buffers hold and its writes block.
-    let server = TestServer::start_with(&[
-        "--delivery-window",
-        "2000",
-        "--write-timeout",
-        "1",
-        "--messages-per-second",
-        "100000",
-        "--messages-burst",
-        "100000",
-        "--frames-per-second",
-        "100000",
-        "--frames-burst",
-        "100000",
-        "--inbound-bytes-per-second",
-        "1000000000",
-        "--inbound-bytes-burst",
-        "1000000000",
-    ]);
+    let server = TestServer::start_with(
+        &[
+            common::SEND_LIMITS_OFF,
+            &[
+                "--delivery-window",
+                "2000",
+                "--write-timeout",
+                "1",
+                "--inbound-bytes-per-second",
+                "1000000000",
+                "--inbound-bytes-burst",
+                "1000000000",
+            ],
+        ]
+        .concat(),
+    );
     let alice = server.register().await;
     let bob = server.register().await;
     let carol = server.register().await;
