@@ -16,7 +16,9 @@
 //! read-sync for the reader's other devices; fan-out to every device of the
 //! recipient and a copy to the sender's other devices, each acknowledged
 //! on its own; per-device bodies; displacement; closing and removing a
-//! device; the caps; expiry; and, for durable backends, restarts.
+//! device; the caps; expiry; what devices without a session miss (the
+//! wakeups push notifications are made from); and, for durable backends,
+//! restarts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -88,7 +90,8 @@ macro_rules! conformance_suite {
             a_full_device_gets_no_copy_and_a_recipient_full_everywhere_refuses,
             old_entries_expire_and_young_ones_stay,
             a_user_can_message_itself,
-            a_restart_keeps_queues_receipts_and_the_resend_memory
+            a_restart_keeps_queues_receipts_and_the_resend_memory,
+            devices_without_a_session_are_reported_for_what_they_miss
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -100,6 +103,33 @@ macro_rules! conformance_suite {
             }
         )*
     };
+}
+
+/// What a router reported to its [`crate::Wakeups`], in order.
+#[derive(Debug, Default)]
+pub struct Reported(std::sync::Mutex<Vec<(&'static str, Device)>>);
+
+impl Reported {
+    /// Everything reported so far, and forgets it.
+    pub fn take(&self) -> Vec<(&'static str, Device)> {
+        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
+    }
+    fn add(&self, what: &'static str, device: Device) {
+        self.0.lock().expect("not poisoned").push((what, device));
+    }
+}
+
+impl crate::Wakeups for Reported {
+    fn missed(&self, device: Device) {
+        self.add("missed", device);
+    }
+    fn connected(&self, device: Device) {
+        self.add("connected", device);
+    }
+    fn disconnected(&self, device: Device, queued: usize) {
+        assert!(queued > 0, "reported with nothing queued");
+        self.add("disconnected", device);
+    }
 }
 
 /// A frame the router pushed, decoded.
@@ -903,4 +933,62 @@ pub fn properties<B: Backend>(make: impl Fn() -> B, cases: u32) {
             }
         });
     }
+}
+
+pub async fn devices_without_a_session_are_reported_for_what_they_miss(b: &mut impl Backend) {
+    let r = b.open(Settings::default());
+    let reported = std::sync::Arc::new(Reported::default());
+    assert!(r.set_wakeups(reported.clone()));
+    assert!(!r.set_wakeups(std::sync::Arc::new(Reported::default())), "once");
+    let (a, bo) = (User::new(1, 2), User::new(2, 2));
+    // Bob's phone is online, his laptop is not; Alice's laptop is not.
+    let mut phone = attach(&r, bo.device(0)).await;
+    let mut alice = attach(&r, a.device(0)).await;
+    assert_eq!(
+        reported.take(),
+        [("connected", bo.device(0)), ("connected", a.device(0))]
+    );
+    let id = send(&r, &a, 0, &bo, 1, "hi").await.message_id;
+    let mut missed = reported.take();
+    missed.sort_by_key(|(_, d)| (d.user, d.device));
+    assert_eq!(
+        missed,
+        [("missed", a.device(1)), ("missed", bo.device(1))],
+        "the devices without a session, each once"
+    );
+    // The phone's DELIVERED receipt goes to Alice's devices: only the
+    // laptop without a session is reported.
+    drain(&mut phone);
+    r.ack_delivery(bo.device(0), &[id]).await.expect("ack");
+    r.flush().await;
+    assert_eq!(reported.take(), [("missed", a.device(1))]);
+    // A read on the phone: a READ receipt for Alice's laptop (reported),
+    // a read-sync for Bob's laptop (not: it is Bob's own doing).
+    r.mark_read(
+        bo.device(0),
+        Read {
+            sender: a.id,
+            sender_devices: a.all(),
+            reader_devices: bo.all(),
+            message_ids: vec![id],
+        },
+    )
+    .await
+    .expect("read");
+    assert_eq!(reported.take(), [("missed", a.device(1))]);
+    // Alice's phone leaves with its receipts unacknowledged; Bob's phone
+    // leaves with nothing queued (not reported).
+    let frames = drain(&mut alice);
+    assert!(!receipts(&frames).is_empty(), "{frames:?}");
+    r.detach(a.device(0), alice.id).await.expect("detach");
+    r.detach(bo.device(0), phone.id).await.expect("detach");
+    assert_eq!(reported.take(), [("disconnected", a.device(0))]);
+    // A displaced session's late detach says nothing.
+    let first = attach(&r, a.device(0)).await;
+    let _second = attach(&r, a.device(0)).await;
+    r.detach(a.device(0), first.id).await.expect("detach");
+    assert_eq!(
+        reported.take(),
+        [("connected", a.device(0)), ("connected", a.device(0))]
+    );
 }

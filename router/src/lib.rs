@@ -27,6 +27,7 @@
 //!   backend must pass.
 //! - [`metrics`]: what the router counts.
 //! - [`ratelimit`]: token buckets for the message path's rate limits.
+//! - [`wakeups`]: what the router tells whoever wakes phones (push).
 //! - `ids`: message and receipt ids, unique per deployment.
 //! - `frames`: encoding of the server frames the router queues.
 
@@ -41,6 +42,7 @@ pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod ratelimit;
+pub mod wakeups;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +56,7 @@ pub use ids::{MAX_NODE_ID, NodeId};
 pub use journal::{JournalConfig, JournalError};
 pub use memory::{MemoryConfig, MemoryRouter, Restored};
 pub use metrics::RouterMetrics;
+pub use wakeups::Wakeups;
 pub use parley_identity::{Device, DeviceId, Devices, UserId};
 
 /// Identifies one session of a device, so that a late detach from a session
@@ -363,4 +366,10 @@ pub trait Router: Clone + Send + Sync + 'static {
     /// Counts what the router holds and updates the census gauges. Meant
     /// for a once-a-second ticker.
     fn census(&self) -> impl Future<Output = Census> + Send;
+
+    /// Reports to `wakeups` from now on what devices without a live
+    /// session miss, and their sessions' comings and goings (see
+    /// [`Wakeups`]). Once per router: a second call is ignored and returns
+    /// `false`.
+    fn set_wakeups(&self, wakeups: std::sync::Arc<dyn Wakeups>) -> bool;
 }

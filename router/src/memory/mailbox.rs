@@ -98,11 +98,20 @@ impl Mailbox {
     }
 
     /// Forgets the live session if it is `session`. Its unacknowledged
-    /// entries will be pushed again to the next one.
-    pub(crate) fn detach(&mut self, session: SessionId) {
+    /// entries will be pushed again to the next one. Returns whether it
+    /// was the live one (a displaced session's late detach is not).
+    pub(crate) fn detach(&mut self, session: SessionId) -> bool {
         if self.live.as_ref().is_some_and(|l| l.id() == session) {
             self.live = None;
+            return true;
         }
+        false
+    }
+
+    /// Whether a session is live (attached, and its channel open when last
+    /// pushed to).
+    pub(crate) fn has_session(&self) -> bool {
+        self.live.is_some()
     }
 
     /// Closes the live session, if any, with `reason`.

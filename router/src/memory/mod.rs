@@ -160,6 +160,9 @@ struct Inner {
     metrics: RouterMetrics,
     /// `None`: memory-only (a crash loses what is queued).
     journal: Option<Journal>,
+    /// Told what devices without a session miss (push notifications).
+    /// Set once, after construction: the listener is built on the router.
+    wakeups: std::sync::OnceLock<Arc<dyn crate::Wakeups>>,
 }
 
 /// How long a removed device is remembered.
@@ -346,6 +349,10 @@ impl MemoryRouter {
         self.inner.config.window
     }
 
+    fn wakeups(&self) -> Option<&dyn crate::Wakeups> {
+        self.inner.wakeups.get().map(|w| &**w)
+    }
+
     /// Whether `device` was removed lately (see [`Inner::removed`]).
     fn is_removed(&self, device: Device) -> bool {
         self.inner
@@ -357,7 +364,9 @@ impl MemoryRouter {
 
     /// Pushes `entry` to `device`'s mailbox, unless the device was removed.
     /// `room`: the caps apply (messages), with the entry's body size.
-    fn push(&self, device: Device, entry: Entry, room: Option<usize>) -> bool {
+    /// `wake`: a device without a live session is reported as having
+    /// missed it.
+    fn push(&self, device: Device, entry: Entry, room: Option<usize>, wake: bool) -> bool {
         let config = &self.inner.config;
         let mut shard = self.inner.mailboxes.lock(device);
         let mailbox = match shard.get_mut(&device) {
@@ -372,6 +381,12 @@ impl MemoryRouter {
             return false;
         }
         mailbox.push(entry, config.window);
+        if wake
+            && !mailbox.has_session()
+            && let Some(wakeups) = self.wakeups()
+        {
+            wakeups.missed(device);
+        }
         true
     }
 
@@ -465,7 +480,7 @@ impl MemoryRouter {
                 frame: frame.clone(),
                 durable: !journaled,
             };
-            if self.push(*target, entry, Some(bytes)) {
+            if self.push(*target, entry, Some(bytes), true) {
                 queued.push(*target);
                 if shared.is_none() {
                     per_target.push(frame);
@@ -536,6 +551,7 @@ impl MemoryRouter {
     fn queue_receipts(
         &self,
         to: &[Device],
+        wake: bool,
         message_ids: &[u64],
         frame_of: impl Fn(u64, Vec<u64>) -> Bytes,
     ) -> Vec<QueuedRecord> {
@@ -552,7 +568,7 @@ impl MemoryRouter {
                     frame: frame.clone(),
                     durable: !journaled,
                 };
-                if self.push(device, entry, None) {
+                if self.push(device, entry, None, wake) {
                     targets.push(device);
                 }
             }
@@ -608,6 +624,7 @@ impl Inner {
             config,
             metrics,
             journal,
+            wakeups: std::sync::OnceLock::new(),
         }
     }
 }
@@ -647,13 +664,21 @@ impl Router for MemoryRouter {
         if let Some(old) = mailbox.attach(live, self.window()) {
             old.close(CloseReason::Displaced);
         }
+        if let Some(wakeups) = self.wakeups() {
+            wakeups.connected(device);
+        }
         Ok(attached)
     }
 
     async fn detach(&self, device: Device, session: SessionId) -> Result<(), RouterError> {
         let mut shard = self.inner.mailboxes.lock(device);
         if let Some(mailbox) = shard.get_mut(&device) {
-            mailbox.detach(session);
+            if mailbox.detach(session)
+                && mailbox.len() > 0
+                && let Some(wakeups) = self.wakeups()
+            {
+                wakeups.disconnected(device, mailbox.len());
+            }
             if mailbox.is_idle() {
                 shard.remove(&device);
             }
@@ -684,7 +709,7 @@ impl Router for MemoryRouter {
         let label = crate::metrics::kind_label(ReceiptKind::Delivered);
         for (notified, ids) in by_notified(device, &removed) {
             metrics.receipts_queued.get_or_create(&label).inc();
-            receipts.extend(self.queue_receipts(&notified, &ids, |rid, ids| {
+            receipts.extend(self.queue_receipts(&notified, true, &ids, |rid, ids| {
                 frames::receipt(rid, ReceiptKind::Delivered, device, ids, now)
             }));
         }
@@ -717,14 +742,14 @@ impl Router for MemoryRouter {
                 .get_or_create(&crate::metrics::kind_label(ReceiptKind::Read))
                 .inc();
             records.extend(
-                self.queue_receipts(&senders, &read.message_ids, |rid, ids| {
+                self.queue_receipts(&senders, true, &read.message_ids, |rid, ids| {
                     frames::receipt(rid, ReceiptKind::Read, reader, ids, now)
                 }),
             );
         }
         if !others.is_empty() {
             metrics.read_syncs_queued.inc();
-            records.extend(self.queue_receipts(&others, &read.message_ids, |rid, ids| {
+            records.extend(self.queue_receipts(&others, false, &read.message_ids, |rid, ids| {
                 frames::read_sync(rid, read.sender, ids, reader.device, now)
             }));
         }
@@ -879,6 +904,10 @@ impl Router for MemoryRouter {
             .oldest_queued_seconds
             .set(i64::try_from(census.oldest_age_ms / 1000).unwrap_or(i64::MAX));
         census
+    }
+
+    fn set_wakeups(&self, wakeups: Arc<dyn crate::Wakeups>) -> bool {
+        self.inner.wakeups.set(wakeups).is_ok()
     }
 }
 
