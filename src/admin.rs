@@ -160,6 +160,10 @@ impl Metrics {
         sms.register(self.registry.sub_registry_with_prefix("sns"));
     }
 
+    pub fn add_push(&mut self, push: &parley_push::PushMetrics) {
+        push.register(self.registry.sub_registry_with_prefix("push"));
+    }
+
     pub fn add_registration(&mut self, registration: &RegistrationMetrics) {
         registration.register(self.registry.sub_registry_with_prefix("registration"));
         for (route, statuses) in parley_registration::api::ROUTES {

@@ -136,6 +136,37 @@ pub enum SmsProvider {
     Sns,
 }
 
+/// How phones are woken (push notifications).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushProvider {
+    /// No pushes; registering a push token answers PUSH_PLATFORM_UNAVAILABLE.
+    Off,
+    /// Written to <data-dir>/outbox.jsonl beside the SMS (development).
+    #[default]
+    Outbox,
+    /// Through AWS SNS mobile push (docs/operations.md "Push notifications").
+    Sns,
+}
+
+/// The push service the node is built with, and the pusher's policy.
+#[derive(Clone, Debug)]
+pub struct PushSetup {
+    pub service: PushService,
+    pub policy: parley_push::PushConfig,
+}
+
+#[derive(Clone, Debug)]
+pub enum PushService {
+    Off,
+    /// The development outbox at this path.
+    Outbox(PathBuf),
+    Sns {
+        settings: parley_sns::SnsSettings,
+        apps: parley_sns::PushApps,
+    },
+}
+
 /// The SMS sender the node is built with.
 #[derive(Clone, Debug)]
 pub enum SmsConfig {
@@ -384,9 +415,56 @@ pub struct Settings {
     pub sms_origination_number: Option<String>,
 
     /// An SNS endpoint instead of AWS's, e.g. a local SNS-compatible server
-    /// (AWS_ENDPOINT_URL_SNS and AWS_ENDPOINT_URL work too).
+    /// (AWS_ENDPOINT_URL_SNS and AWS_ENDPOINT_URL work too). With `--sms
+    /// sns` or `--push sns`.
     #[arg(long, env = "PARLEY_SNS_ENDPOINT_URL", value_name = "URL")]
     pub sns_endpoint_url: Option<String>,
+
+    /// How devices without a session are woken: `outbox` (a line in
+    /// <data-dir>/outbox.jsonl per push), `sns` (SNS mobile push to APNs
+    /// and FCM) or `off`. [default: outbox]
+    #[arg(long, env = "PARLEY_PUSH", value_enum)]
+    pub push: Option<PushProvider>,
+
+    /// With `--push sns`: the SNS platform application ARN for APNs
+    /// (arn:aws:sns:REGION:ACCOUNT:app/APNS/NAME).
+    #[arg(long, env = "PARLEY_PUSH_APNS_ARN", value_name = "ARN")]
+    pub push_apns_arn: Option<String>,
+
+    /// With `--push sns`: the platform application ARN for the APNs
+    /// sandbox (.../app/APNS_SANDBOX/NAME), for development builds.
+    #[arg(long, env = "PARLEY_PUSH_APNS_SANDBOX_ARN", value_name = "ARN")]
+    pub push_apns_sandbox_arn: Option<String>,
+
+    /// With `--push sns`: the platform application ARN for FCM
+    /// (.../app/GCM/NAME).
+    #[arg(long, env = "PARLEY_PUSH_FCM_ARN", value_name = "ARN")]
+    pub push_fcm_arn: Option<String>,
+
+    /// At most one push per device per this many seconds while it stays
+    /// offline. [default: 60]
+    #[arg(long, env = "PARLEY_PUSH_WINDOW", value_name = "SECS")]
+    pub push_window: Option<u64>,
+
+    /// Seconds after a session ends with messages unacknowledged before its
+    /// device is pushed, unless it reconnects first. [default: 60]
+    #[arg(long, env = "PARLEY_PUSH_DELAY", value_name = "SECS")]
+    pub push_delay: Option<u64>,
+
+    /// Devices with a push waiting, at most; past it the oldest waiting
+    /// push is dropped (and counted). [default: 100000]
+    #[arg(long, env = "PARLEY_PUSH_QUEUE", value_name = "N")]
+    pub push_queue: Option<usize>,
+
+    /// Pushes sent at once. [default: 32]
+    #[arg(long, env = "PARLEY_PUSH_CONCURRENCY", value_name = "N")]
+    pub push_concurrency: Option<usize>,
+
+    /// Seconds one push (or one token registration: at most half the
+    /// request timeout) may take at the push service before it counts as
+    /// failed. [default: 5]
+    #[arg(long, env = "PARLEY_PUSH_TIMEOUT", value_name = "SECS")]
+    pub push_timeout: Option<u64>,
 }
 
 impl Settings {
@@ -445,6 +523,8 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// How registration codes are sent.
     pub sms: SmsConfig,
+    /// How devices without a session are woken.
+    pub push: PushSetup,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -502,6 +582,15 @@ impl Config {
             .clone()
             .unwrap_or_else(|| PathBuf::from("parley-data"));
         let sms = sms_config(&s, &data_dir, &name, &mut problems);
+        let push = push_config(&s, &data_dir, &name, &mut problems);
+        if let Some(url) = &s.sns_endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!(
+                "{}: must be an http:// or https:// URL, not {url:?}",
+                name("sns_endpoint_url")
+            ));
+        }
         let database_url = s.database_url.unwrap_or_else(|| {
             format!("sqlite://{}?mode=rwc", data_dir.join("parley.db").display())
         });
@@ -817,8 +906,99 @@ impl Config {
             journal,
             backup_dir,
             sms,
+            push,
         })
     }
+}
+
+/// The push service and policy of `s`, their settings checked.
+fn push_config(
+    s: &Settings,
+    data_dir: &Path,
+    name: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) -> PushSetup {
+    let defaults = parley_push::PushConfig::default();
+    let mut seconds = |key: &str, value: Option<u64>, default: Duration, min: u64| {
+        let value = value.unwrap_or(default.as_secs());
+        if value < min {
+            problems.push(format!("{}: must be at least {min} seconds, not {value}", name(key)));
+        }
+        Duration::from_secs(value)
+    };
+    let window = seconds("push_window", s.push_window, defaults.window, 1);
+    let delay = seconds("push_delay", s.push_delay, defaults.delay, 0);
+    let timeout = seconds("push_timeout", s.push_timeout, defaults.timeout, 1);
+    let mut count = |key: &str, value: Option<usize>, default: usize| match value {
+        Some(0) => {
+            problems.push(format!("{}: must be at least 1", name(key)));
+            default
+        }
+        value => value.unwrap_or(default),
+    };
+    let policy = parley_push::PushConfig {
+        window,
+        delay,
+        capacity: count("push_queue", s.push_queue, defaults.capacity),
+        concurrency: count("push_concurrency", s.push_concurrency, defaults.concurrency),
+        timeout,
+    };
+    let arns = [
+        ("push_apns_arn", &s.push_apns_arn, "app/APNS/"),
+        ("push_apns_sandbox_arn", &s.push_apns_sandbox_arn, "app/APNS_SANDBOX/"),
+        ("push_fcm_arn", &s.push_fcm_arn, "app/GCM/"),
+    ];
+    let provider = s.push.unwrap_or_default();
+    let service = match provider {
+        PushProvider::Off | PushProvider::Outbox => {
+            for (key, value, _) in arns {
+                if value.is_some() {
+                    problems.push(format!(
+                        "{}: applies only with --push sns (PARLEY_PUSH=sns)",
+                        name(key)
+                    ));
+                }
+            }
+            if provider == PushProvider::Off {
+                PushService::Off
+            } else {
+                PushService::Outbox(data_dir.join("outbox.jsonl"))
+            }
+        }
+        PushProvider::Sns => {
+            for (key, value, kind) in arns {
+                if let Some(arn) = value
+                    && !(arn.starts_with("arn:") && arn.contains(kind))
+                {
+                    problems.push(format!(
+                        "{}: must be an SNS platform application ARN (arn:aws:sns:REGION:ACCOUNT:{kind}NAME), not {arn:?}",
+                        name(key)
+                    ));
+                }
+            }
+            let apps = parley_sns::PushApps {
+                apns: s.push_apns_arn.clone(),
+                apns_sandbox: s.push_apns_sandbox_arn.clone(),
+                fcm: s.push_fcm_arn.clone(),
+            };
+            if !apps.any() {
+                problems.push(format!(
+                    "{}: pushes through SNS need at least one platform application: set {}, {} or {}",
+                    name("push"),
+                    name("push_apns_arn"),
+                    name("push_apns_sandbox_arn"),
+                    name("push_fcm_arn")
+                ));
+            }
+            PushService::Sns {
+                settings: parley_sns::SnsSettings {
+                    endpoint_url: s.sns_endpoint_url.clone(),
+                },
+                apps,
+            }
+        }
+    };
+    PushSetup { service, policy }
 }
 
 /// The SMS sender of `s`, its settings checked.
@@ -830,15 +1010,10 @@ fn sms_config(
 ) -> SmsConfig {
     let provider = s.sms.unwrap_or_default();
     if provider == SmsProvider::Outbox {
-        for key in [
-            "sms_sender_id",
-            "sms_origination_number",
-            "sns_endpoint_url",
-        ] {
+        for key in ["sms_sender_id", "sms_origination_number"] {
             let set = match key {
                 "sms_sender_id" => s.sms_sender_id.is_some(),
-                "sms_origination_number" => s.sms_origination_number.is_some(),
-                _ => s.sns_endpoint_url.is_some(),
+                _ => s.sms_origination_number.is_some(),
             };
             if set {
                 problems.push(format!(
@@ -846,6 +1021,12 @@ fn sms_config(
                     name(key)
                 ));
             }
+        }
+        if s.sns_endpoint_url.is_some() && s.push != Some(PushProvider::Sns) {
+            problems.push(format!(
+                "{}: applies only with --sms sns or --push sns",
+                name("sns_endpoint_url")
+            ));
         }
         return SmsConfig::Outbox(data_dir.join("outbox.jsonl"));
     }
@@ -866,14 +1047,6 @@ fn sms_config(
         problems.push(format!(
             "{}: must be a phone number in E.164 (+ and digits), not {number:?}",
             name("sms_origination_number")
-        ));
-    }
-    if let Some(url) = &s.sns_endpoint_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        problems.push(format!(
-            "{}: must be an http:// or https:// URL, not {url:?}",
-            name("sns_endpoint_url")
         ));
     }
     SmsConfig::Sns {

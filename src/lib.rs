@@ -47,7 +47,7 @@ use datadir::DataDir;
 use tokio::sync::watch;
 
 pub use config::Config;
-use config::SmsConfig;
+use config::{PushService, SmsConfig};
 
 /// The two listeners of a node.
 #[derive(Debug)]
@@ -309,6 +309,38 @@ pub async fn run(
             ))
         }
     };
+    // Push: the service, the registrar of tokens (HTTP and sessions), and
+    // the pusher the router reports to.
+    let push_service: Option<Arc<dyn parley_push::PushService>> = match &config.push.service {
+        PushService::Off => None,
+        PushService::Outbox(outbox) => Some(Arc::new(parley_push::OutboxPush::new(outbox))),
+        PushService::Sns { settings, apps } => {
+            let client = parley_sns::connect(settings)
+                .await
+                .context("push notifications through SNS (--push sns)")?;
+            tracing::info!("push notifications go through SNS mobile push");
+            Some(Arc::new(parley_sns::SnsPush::new(client, apps.clone())))
+        }
+    };
+    let push_metrics = parley_push::PushMetrics::default();
+    metrics.add_push(&push_metrics);
+    let registrar = parley_push::Registrar::new(
+        push_service
+            .clone()
+            .unwrap_or_else(|| Arc::new(parley_push::NoPush)),
+        Arc::new(store.clone()),
+        push_metrics.clone(),
+        config
+            .push
+            .policy
+            .timeout
+            .min(config.registration.request_timeout / 2),
+    );
+    let pusher = push_service.map(|service| {
+        let pusher = parley_push::Pusher::new(config.push.policy.clone(), push_metrics.clone());
+        router.set_wakeups(Arc::new(pusher.clone()));
+        (pusher, service)
+    });
     let registration = RegistrationState::new(
         store.clone(),
         keys.clone(),
@@ -318,7 +350,8 @@ pub async fn run(
             directory: directory.clone(),
         }),
         config.registration.clone(),
-    );
+    )
+    .with_push(registrar.clone());
     let registration_metrics = registration.metrics().clone();
     let sweeper = registration.clone();
     metrics.add_registration(&registration_metrics);
@@ -333,7 +366,8 @@ pub async fn run(
         directory,
         config.gateway.clone(),
         metrics.gateway.clone(),
-    );
+    )
+    .with_push(registrar);
     let ready = Arc::new(AtomicBool::new(false));
     let backups = backup::Backups {
         router: router.clone(),
@@ -383,6 +417,13 @@ pub async fn run(
     ));
     let reload_task = tokio::spawn(reload_on_hangup(certificate, stopped(stop_rx.clone())));
     let sweep_task = tokio::spawn(sweep_inactive_devices(sweeper, stopped(stop_rx.clone())));
+    let push_task = pusher.map(|(pusher, service)| {
+        tokio::spawn(pusher.run(
+            service,
+            Arc::new(store.clone()),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let tick_task = tokio::spawn(admin::tick(
         metrics,
         registration_metrics,
@@ -417,6 +458,9 @@ pub async fn run(
     tick.context("metrics task")?;
     reload.context("certificate reload task")?;
     sweep.context("inactive-device sweep task")?;
+    if let Some(push) = push_task {
+        push.await.context("push task")?;
+    }
     // Sessions are closed: whatever they changed is written before exit.
     router.flush().await;
     drop(router);

@@ -126,6 +126,9 @@ struct Shared<R> {
     config: GatewayConfig,
     websocket: WebSocketConfig,
     metrics: GatewayMetrics,
+    /// Registers push tokens sent over the session (`SetPushToken`);
+    /// without, every platform is unavailable.
+    push: Option<parley_push::Registrar>,
 }
 
 /// The gateway: build it once, then [`Gateway::serve`] a listener.
@@ -151,8 +154,18 @@ impl<R: Router> Gateway<R> {
                 config,
                 websocket,
                 metrics,
+                push: None,
             }),
         }
+    }
+
+    /// Registers the push tokens phones send over their sessions with
+    /// `push`. Before [`Gateway::serve`].
+    pub fn with_push(mut self, push: parley_push::Registrar) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("with_push before serving")
+            .push = Some(push);
+        self
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then

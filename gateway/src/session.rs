@@ -66,8 +66,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 64;
 /// answered. Below the 128 `client_msg_id`s the router remembers per device.
 const MAX_PENDING_REPLIES: usize = 64;
 
-/// The answer to one `Send`, in the order the sends were read: ready at once
-/// (a refusal) or once the router has the message as durably as it promises.
+/// The answer to one `Send` (or `SetPushToken`), in the order they were
+/// read: ready at once (a refusal) or once the router has the message as
+/// durably as it promises (the push service has the token).
 type Reply<'a> = Pin<Box<dyn Future<Output = server_frame::Frame> + Send + 'a>>;
 
 /// Why a session ends, and so what the phone is told.
@@ -370,7 +371,93 @@ async fn on_frame<'a, R: Router>(
             .ack_receipts(device, &ack.receipt_ids)
             .await
             .map_err(internal),
+        Some(client_frame::Frame::SetPushToken(set)) => {
+            replies.push_back(on_set_push_token(shared, device, set, messages_allowance));
+            Ok(())
+        }
     }
+}
+
+/// Registers (or forgets) the device's push token; answers
+/// `PushTokenResult`. The push service's part runs in its own task,
+/// bounded by the registrar's timeout: its answer waits in `replies` like
+/// a send's (so sends after it are answered after it), while deliveries
+/// to the phone go on.
+fn on_set_push_token<'a, R: Router>(
+    shared: &'a Shared<R>,
+    device: Device,
+    set: v1::SetPushToken,
+    allowance: &mut TokenBucket,
+) -> Reply<'a> {
+    let request_id = set.request_id;
+    let answer = move |code: ErrorCode, reason: String| {
+        server_frame::Frame::PushTokenResult(v1::PushTokenResult {
+            request_id,
+            code: code as i32,
+            reason,
+        })
+    };
+    // Each registration may call the push service: it counts like a send.
+    if allowance
+        .take(shared.config.messages, 1.0, Instant::now())
+        .is_err()
+    {
+        limited(&shared.metrics, "messages");
+        let refused = answer(ErrorCode::RateLimited, "too many requests; slow down".to_owned());
+        return Box::pin(async move { refused });
+    }
+    let Some(push) = shared.push.clone() else {
+        let refused = answer(
+            ErrorCode::PushPlatformUnavailable,
+            "this server sends no push notifications".to_owned(),
+        );
+        return Box::pin(async move { refused });
+    };
+    let platform = match v1::PushPlatform::try_from(set.platform) {
+        Ok(v1::PushPlatform::Apns) => Some(parley_push::Platform::Apns),
+        Ok(v1::PushPlatform::ApnsSandbox) => Some(parley_push::Platform::ApnsSandbox),
+        Ok(v1::PushPlatform::Fcm) => Some(parley_push::Platform::Fcm),
+        _ => None,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let task = tokio::spawn(async move {
+        if set.token.is_empty() {
+            return push.clear(device).await.map(|_| ());
+        }
+        let Some(platform) = platform else {
+            return Err(parley_push::TokenError::InvalidToken(
+                "platform must be APNS, APNS_SANDBOX or FCM".to_owned(),
+            ));
+        };
+        push.set(device, platform, &set.token, now_ms).await
+    });
+    Box::pin(async move {
+        use parley_push::TokenError;
+        match task.await {
+            Ok(Ok(())) => answer(ErrorCode::Unspecified, String::new()),
+            Ok(Err(TokenError::InvalidToken(reason))) => answer(ErrorCode::InvalidPushToken, reason),
+            Ok(Err(error @ TokenError::Unconfigured(_))) => {
+                answer(ErrorCode::PushPlatformUnavailable, error.to_string())
+            }
+            Ok(Err(TokenError::Failed(detail))) => {
+                tracing::warn!(error = %detail, "push token not registered");
+                answer(
+                    ErrorCode::PushFailed,
+                    "the push service failed; retry later".to_owned(),
+                )
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "push token not registered");
+                answer(ErrorCode::Internal, "retry later".to_owned())
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "push token registration panicked");
+                answer(ErrorCode::Internal, "retry later".to_owned())
+            }
+        }
+    })
 }
 
 /// Validates one message and hands it to the router; returns its answer:

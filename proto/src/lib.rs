@@ -80,6 +80,9 @@ pub mod close {
             | ErrorCode::DevicesChanged
             | ErrorCode::ClientMsgIdReused
             | ErrorCode::MailboxFull
+            | ErrorCode::InvalidPushToken
+            | ErrorCode::PushPlatformUnavailable
+            | ErrorCode::PushFailed
             | ErrorCode::Internal
             | ErrorCode::Unspecified => INTERNAL_ERROR,
         }

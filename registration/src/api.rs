@@ -11,6 +11,11 @@
 //!   `200 {"devices": [{"device_id", "name", "primary", "created_at", "last_seen_at"}]}`
 //! - `DELETE /v1/devices/{device_id}` (bearer credential) → `204`
 //! - `GET /v1/users/{user_id}/devices` (bearer credential) → `200 {"devices": ["<id>", ..]}`
+//! - `PUT /v1/devices/self/push-token` (bearer credential) `{"platform", "token"}` → `204`;
+//!   `DELETE` → `204` (see [`crate::push`])
+//!
+//! `verify` and `link` also take an optional `"push": {"platform", "token"}`
+//! and then answer `"push": "registered"` or the code of why not.
 //!
 //! Ids are decimal strings; durations are whole seconds. Errors: see
 //! [`crate::error`].
@@ -37,7 +42,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{BoxError, Extension, Json, Router};
 use http::StatusCode;
 
@@ -62,7 +67,7 @@ use parley_identity::{Authenticator, BearerDevice, TokenKeys};
 
 /// Every route and the statuses it answers with (docs/protocol.md), so the
 /// server can show every `(route, status)` series from the start.
-pub const ROUTES: [(&str, &[u16]); 8] = [
+pub const ROUTES: [(&str, &[u16]); 9] = [
     (
         "/v1/registration/code",
         &[202, 400, 413, 429, 500, 502, 503],
@@ -83,6 +88,10 @@ pub const ROUTES: [(&str, &[u16]); 8] = [
         &[204, 401, 403, 404, 409, 500, 503],
     ),
     ("/v1/users/{user_id}/devices", &[200, 401, 404, 500, 503]),
+    (
+        "/v1/devices/self/push-token",
+        &[204, 400, 401, 404, 413, 500, 502, 503],
+    ),
 ];
 
 /// Linked devices the inactivity sweep looks at per call of
@@ -266,6 +275,8 @@ struct Inner {
     verifies_per_ip: IpRateLimiter,
     links_per_ip: IpRateLimiter,
     config: RegistrationConfig,
+    /// Devices' push tokens: the push service's endpoints and the store.
+    push: parley_push::Registrar,
     /// Unix ms after which the next code request prunes old rows. Atomic so
     /// that exactly one concurrent request wins each pruning turn.
     next_prune_ms: AtomicI64,
@@ -336,7 +347,6 @@ impl RegistrationState {
             IpRateLimiter::new(config.links_per_ip_burst, config.links_per_ip_per_minute);
         Self {
             inner: Arc::new(Inner {
-                store,
                 keys,
                 authenticator,
                 sms,
@@ -346,10 +356,32 @@ impl RegistrationState {
                 verifies_per_ip,
                 links_per_ip,
                 metrics: RegistrationMetrics::default(),
+                push: parley_push::Registrar::new(
+                    Arc::new(parley_push::NoPush),
+                    Arc::new(store.clone()),
+                    parley_push::PushMetrics::default(),
+                    config.sms_timeout,
+                ),
+                store,
                 config,
                 next_prune_ms: AtomicI64::new(0),
             }),
         }
+    }
+
+    /// Registers push tokens with `push` (without, a token's platform is
+    /// unavailable). Before the state is shared (cloned).
+    pub fn with_push(mut self, push: parley_push::Registrar) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_push before the state is cloned")
+            .push = push;
+        self
+    }
+
+    /// What registers devices' push tokens (the gateway's `SetPushToken`
+    /// uses it too).
+    pub fn push(&self) -> &parley_push::Registrar {
+        &self.inner.push
     }
 
     /// The authenticator the lookup route uses, for other parts of the
@@ -450,6 +482,10 @@ pub fn router(state: RegistrationState) -> Router {
         .route(ROUTES[5].0, get(list_devices))
         .route(ROUTES[6].0, delete(unlink))
         .route(ROUTES[7].0, get(user_devices))
+        .route(
+            ROUTES[8].0,
+            put(crate::push::set_push_token).delete(crate::push::clear_push_token),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(limits)
         .with_state(state)
@@ -531,6 +567,8 @@ async fn request_code(
 struct VerifyBody {
     phone: String,
     code: String,
+    /// The new device's push token, registered once it exists.
+    push: Option<crate::push::PushTokenBody>,
 }
 
 #[derive(Serialize)]
@@ -538,6 +576,9 @@ struct VerifyResponse {
     user_id: String,
     device_id: String,
     token: String,
+    /// With a `push` in the request: `"registered"` or why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<&'static str>,
 }
 
 #[tracing::instrument(skip_all)]
@@ -549,6 +590,11 @@ async fn verify(
     if !is_e164(&body.phone) {
         return Err(AppError::InvalidPhone);
     }
+    // Before the code is spent: a token that cannot be registered.
+    let push = match body.push {
+        Some(push) => Some((push.check()?, push)),
+        None => None,
+    };
     state.check_ip(&state.inner.verifies_per_ip, client, "verifies_per_ip")?;
     // Whatever was sent is hashed and compared: a malformed code is just a
     // wrong one, and costs an attempt like any other guess.
@@ -610,10 +656,17 @@ async fn verify(
         registration.generation,
         state.inner.config.token_ttl,
     )?;
+    let push = state
+        .push_after_joining(
+            parley_identity::Device::new(registration.user, registration.device),
+            push,
+        )
+        .await;
     Ok(Json(VerifyResponse {
         user_id: registration.user.to_string(),
         device_id: registration.device.to_string(),
         token,
+        push,
     }))
 }
 
@@ -737,6 +790,8 @@ async fn make_link_code(
 struct LinkBody {
     code: String,
     name: String,
+    /// The new device's push token, registered once it is linked.
+    push: Option<crate::push::PushTokenBody>,
 }
 
 /// A new device joins the account whose primary made `code`.
@@ -764,6 +819,10 @@ async fn link(
             )),
         ));
     }
+    let push = match body.push {
+        Some(push) => Some((push.check().map_err(|e| refused("INVALID_PUSH_TOKEN", e))?, push)),
+        None => None,
+    };
     state.check_ip(&state.inner.links_per_ip, client, "links_per_ip")?;
     // What cannot be a code is refused like a wrong one: one answer for
     // every code that does not link.
@@ -803,10 +862,17 @@ async fn link(
         linked.generation,
         config.token_ttl,
     )?;
+    let push = state
+        .push_after_joining(
+            parley_identity::Device::new(linked.user, linked.device),
+            push,
+        )
+        .await;
     Ok(Json(VerifyResponse {
         user_id: linked.user.to_string(),
         device_id: linked.device.to_string(),
         token,
+        push,
     }))
 }
 

@@ -25,6 +25,9 @@
 //! | `NO_SUCH_USER` | 404 | no registered user has this id |
 //! | `DEVICE_LIMIT` | 409 | the account has its most devices; unlink one first |
 //! | `PRIMARY_DEVICE` | 409 | the primary device cannot be unlinked |
+//! | `INVALID_PUSH_TOKEN` | 400 | unknown platform, or a token that is empty, too long, not printable ASCII, or refused by the push service |
+//! | `PUSH_PLATFORM_UNAVAILABLE` | 400 | this server sends no pushes for that platform |
+//! | `PUSH_FAILED` | 502 | the push service failed or timed out; nothing changed, retry later |
 //!
 //! Credential refusals (`401 UNAUTHORIZED`, `TOKEN_INVALID`,
 //! `TOKEN_EXPIRED`, `TOKEN_REVOKED`) come from
@@ -79,6 +82,13 @@ pub enum AppError {
     DeviceLimit { max: u32 },
     #[error("the primary device cannot be unlinked; register the number on another phone instead")]
     PrimaryDevice,
+    /// The message is shown to the client: it never quotes the token.
+    #[error("invalid push token: {0}")]
+    InvalidPushToken(String),
+    #[error("this server sends no push notifications for {0}")]
+    PushPlatformUnavailable(parley_push::Platform),
+    #[error("the push service failed; retry later")]
+    PushFailed(String),
     #[error("server busy, retry later")]
     Unavailable,
     #[error("internal error")]
@@ -126,6 +136,9 @@ impl AppError {
             Self::NoSuchUser => "NO_SUCH_USER",
             Self::DeviceLimit { .. } => "DEVICE_LIMIT",
             Self::PrimaryDevice => "PRIMARY_DEVICE",
+            Self::InvalidPushToken(_) => "INVALID_PUSH_TOKEN",
+            Self::PushPlatformUnavailable(_) => "PUSH_PLATFORM_UNAVAILABLE",
+            Self::PushFailed(_) => "PUSH_FAILED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -133,7 +146,11 @@ impl AppError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidPhone | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidPhone
+            | Self::InvalidRequest(_)
+            | Self::InvalidPushToken(_)
+            | Self::PushPlatformUnavailable(_) => StatusCode::BAD_REQUEST,
+            Self::PushFailed(_) => StatusCode::BAD_GATEWAY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::WrongCode { .. } => StatusCode::UNAUTHORIZED,
@@ -186,6 +203,7 @@ impl IntoResponse for AppError {
         match &self {
             Self::Internal(cause) => tracing::error!(error = %cause, "request failed"),
             Self::SmsFailed(cause) => tracing::warn!(error = %cause, "SMS not sent"),
+            Self::PushFailed(cause) => tracing::warn!(error = %cause, "push token not registered"),
             _ => {}
         }
         let retry_after = self.retry_after_secs();

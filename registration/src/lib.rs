@@ -22,6 +22,7 @@
 //! - [`link`]: link codes (their id and secret parts) and device names.
 //! - [`phone`]: E.164 phone number validation.
 //! - [`sms`]: the SMS sender trait and the development outbox.
+//! - [`push`]: push tokens over HTTP, and the store as `parley_push::PushStore`.
 //! - [`events`]: the hook told when devices are linked, unlinked or replaced.
 //! - [`ratelimit`]: the in-memory per-user token bucket for contact lookups.
 //! - [`metrics`]: what registration counts.
@@ -35,6 +36,7 @@ pub mod extract;
 pub mod link;
 pub mod metrics;
 pub mod phone;
+pub mod push;
 pub mod ratelimit;
 pub mod seen;
 pub mod sms;

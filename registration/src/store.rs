@@ -1018,6 +1018,144 @@ impl AccountStore {
         }
     }
 
+    /// `device`'s push target, unless it has none or its token is dead.
+    pub async fn push_target(
+        &self,
+        device: Device,
+    ) -> Result<Option<parley_push::Target>, StoreError> {
+        let (Some(user), Some(id)) = (to_i64(device.user), to_i64(device.device)) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT platform, token, endpoint FROM push_tokens \
+             WHERE user_id = $1 AND device_id = $2 AND dead = 0",
+        )
+        .bind(user)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let platform: String = row.try_get(0)?;
+            Ok(parley_push::Target {
+                platform: parley_push::Platform::parse(&platform)
+                    .ok_or(StoreError::Corrupt("push_tokens.platform"))?,
+                token: row.try_get(1)?,
+                endpoint: row.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The endpoint stored for `token` of `platform` on any device, else
+    /// `device`'s endpoint for `platform`.
+    pub async fn known_push_endpoint(
+        &self,
+        device: Device,
+        platform: parley_push::Platform,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (user, id) = (to_i64(device.user).unwrap_or(0), to_i64(device.device).unwrap_or(0));
+        // The token's own row sorts first.
+        let endpoint: Option<String> = sqlx::query_scalar(
+            "SELECT endpoint FROM push_tokens WHERE platform = $1 \
+             AND (token = $2 OR (user_id = $3 AND device_id = $4)) \
+             ORDER BY CASE WHEN token = $2 THEN 0 ELSE 1 END LIMIT 1",
+        )
+        .bind(platform.as_str())
+        .bind(token)
+        .bind(user)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(endpoint)
+    }
+
+    /// Makes `target` `device`'s live push target, taking its token from
+    /// any other device. `Ok(false)`: no such device.
+    pub async fn save_push_target(
+        &self,
+        device: Device,
+        target: &parley_push::Target,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (Some(user), Some(id)) = (to_i64(device.user), to_i64(device.device)) else {
+            return Ok(false);
+        };
+        let platform = target.platform.as_str();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM push_tokens WHERE platform = $1 AND token = $2 \
+             AND NOT (user_id = $3 AND device_id = $4)",
+        )
+        .bind(platform)
+        .bind(&target.token)
+        .bind(user)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // From the devices row, so that a device unlinked meanwhile gets
+        // no row (and the answer says so).
+        let saved = sqlx::query(
+            "INSERT INTO push_tokens \
+             (user_id, device_id, platform, token, endpoint, dead, updated_at) \
+             SELECT user_id, device_id, $3, $4, $5, 0, $6 FROM devices \
+             WHERE user_id = $1 AND device_id = $2 \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+             platform = excluded.platform, token = excluded.token, \
+             endpoint = excluded.endpoint, dead = 0, updated_at = excluded.updated_at",
+        )
+        .bind(user)
+        .bind(id)
+        .bind(platform)
+        .bind(&target.token)
+        .bind(&target.endpoint)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(saved == 1)
+    }
+
+    /// Forgets `device`'s push token. `Ok(false)`: it had none.
+    pub async fn clear_push_target(&self, device: Device) -> Result<bool, StoreError> {
+        let (Some(user), Some(id)) = (to_i64(device.user), to_i64(device.device)) else {
+            return Ok(false);
+        };
+        let deleted = sqlx::query("DELETE FROM push_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+
+    /// Marks `device`'s token dead if it is still `target` (a token
+    /// registered since the failed push stays live).
+    pub async fn mark_push_dead(
+        &self,
+        device: Device,
+        target: &parley_push::Target,
+    ) -> Result<bool, StoreError> {
+        let (Some(user), Some(id)) = (to_i64(device.user), to_i64(device.device)) else {
+            return Ok(false);
+        };
+        let marked = sqlx::query(
+            "UPDATE push_tokens SET dead = 1 WHERE user_id = $1 AND device_id = $2 \
+             AND platform = $3 AND token = $4 AND endpoint = $5 AND dead = 0",
+        )
+        .bind(user)
+        .bind(id)
+        .bind(target.platform.as_str())
+        .bind(&target.token)
+        .bind(&target.endpoint)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(marked == 1)
+    }
+
     /// Deletes code-request history older than the 24-hour window, codes
     /// that expired more than a day ago and expired link codes; returns the
     /// number of rows deleted.
@@ -1257,6 +1395,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "devices",
         include_str!("../migrations/sqlite/0002_devices.sql"),
     ),
+    (
+        3,
+        "push_tokens",
+        include_str!("../migrations/sqlite/0003_push_tokens.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -1268,6 +1411,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "devices",
         include_str!("../migrations/postgres/0002_devices.sql"),
+    ),
+    (
+        3,
+        "push_tokens",
+        include_str!("../migrations/postgres/0003_push_tokens.sql"),
     ),
 ];
 

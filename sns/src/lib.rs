@@ -1,6 +1,7 @@
 //! Parley on AWS SNS: registration codes leave as SMS through SNS `Publish`
-//! ([`SnsSms`]); push notifications through SNS mobile push come next, on
-//! the same client ([`connect`]).
+//! ([`SnsSms`]); push notifications go through SNS mobile push
+//! ([`SnsPush`], module [`push`]), on the same kind of client
+//! ([`connect`]).
 //!
 //! Region, credentials and endpoint come from the standard AWS
 //! configuration chain (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, profiles,
@@ -19,6 +20,10 @@ use parley_registration::{SmsError, SmsSender};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+pub mod push;
+
+pub use push::{PushApps, SnsPush};
 
 /// Attempts per SNS call, the first included. Throttling and transient
 /// errors are retried with the SDK's exponential backoff (with jitter);
@@ -212,7 +217,7 @@ impl SmsSender for SnsSms {
 
 /// The `reason` label of a failed call and what to say of it (the SNS
 /// error code and message, which never carry the number or the text).
-fn classify<E, R>(err: &SdkError<E, R>) -> (&'static str, String)
+pub(crate) fn classify<E, R>(err: &SdkError<E, R>) -> (&'static str, String)
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
