@@ -922,7 +922,10 @@ fn push_config(
     let mut seconds = |key: &str, value: Option<u64>, default: Duration, min: u64| {
         let value = value.unwrap_or(default.as_secs());
         if value < min {
-            problems.push(format!("{}: must be at least {min} seconds, not {value}", name(key)));
+            problems.push(format!(
+                "{}: must be at least {min} seconds, not {value}",
+                name(key)
+            ));
         }
         Duration::from_secs(value)
     };
@@ -945,7 +948,11 @@ fn push_config(
     };
     let arns = [
         ("push_apns_arn", &s.push_apns_arn, "app/APNS/"),
-        ("push_apns_sandbox_arn", &s.push_apns_sandbox_arn, "app/APNS_SANDBOX/"),
+        (
+            "push_apns_sandbox_arn",
+            &s.push_apns_sandbox_arn,
+            "app/APNS_SANDBOX/",
+        ),
         ("push_fcm_arn", &s.push_fcm_arn, "app/GCM/"),
     ];
     let provider = s.push.unwrap_or_default();

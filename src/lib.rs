@@ -418,11 +418,7 @@ pub async fn run(
     let reload_task = tokio::spawn(reload_on_hangup(certificate, stopped(stop_rx.clone())));
     let sweep_task = tokio::spawn(sweep_inactive_devices(sweeper, stopped(stop_rx.clone())));
     let push_task = pusher.map(|(pusher, service)| {
-        tokio::spawn(pusher.run(
-            service,
-            Arc::new(store.clone()),
-            stopped(stop_rx.clone()),
-        ))
+        tokio::spawn(pusher.run(service, Arc::new(store.clone()), stopped(stop_rx.clone())))
     });
     let tick_task = tokio::spawn(admin::tick(
         metrics,

@@ -785,7 +785,7 @@ async fn on_frame(
                 .insert(receipt.receipt_id);
             session.ack_receipts(vec![receipt.receipt_id]).await?;
         }
-        Frame::QueueEmpty(_) | Frame::ReadSync(_) => {}
+        Frame::QueueEmpty(_) | Frame::ReadSync(_) | Frame::PushTokenResult(_) => {}
         Frame::Error(error) => world.ledger().problem(format!(
             "phone {me}: Error frame {:?}: {}",
             error.code(),

@@ -10,108 +10,14 @@
 //! all: they point the server at a port where nothing listens.
 
 mod common;
+#[path = "common/moto.rs"]
+mod moto;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{TestServer, eventually, sample};
-
-/// How long moto may take to start (usually about a second).
-const MOTO_STARTUP: Duration = Duration::from_secs(60);
-
-/// A moto server on a loopback port of its own, ended (by its pid) when
-/// dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let command = std::env::var("PARLEY_TEST_MOTO")
-            .ok()
-            .filter(|c| !c.is_empty())
-            .expect("PARLEY_TEST_MOTO names the command that starts moto's server");
-        let port = free_port();
-        let child = Command::new(&command)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-        let moto = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        eventually("moto answers", MOTO_STARTUP, || async {
-            moto.try_data()
-                .await
-                .map(|_| ())
-                .ok_or_else(|| "no answer yet".to_owned())
-        })
-        .await;
-        moto
-    }
-
-    async fn try_data(&self) -> Option<serde_json::Value> {
-        let response = plain_http()
-            .get(format!("{}/moto-api/data.json", self.url))
-            .send()
-            .await
-            .ok()?;
-        response.json().await.ok()
-    }
-
-    /// The SMS SNS was asked to send: `(phone_number, message)`.
-    async fn sms(&self) -> Vec<(String, String)> {
-        let data = self.try_data().await.expect("moto's data");
-        data["sns"]["SMS"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|sms| {
-                        (
-                            sms["phone_number"].as_str().unwrap_or_default().to_owned(),
-                            sms["message"].as_str().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An HTTP client for moto's plain-HTTP API (reqwest needs a TLS
-/// configuration even so; it trusts nothing).
-fn plain_http() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .expect("client")
-}
-
-/// A loopback port nothing listens on (it was free a moment ago).
-fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
-    probe.local_addr().expect("addr").port()
-}
+use common::{TestServer, sample};
+use moto::{Moto, free_port};
 
 /// `POST path` with a JSON body: the status and the JSON answer.
 async fn post(

@@ -243,6 +243,27 @@ impl Session {
         .await
     }
 
+    /// Registers this device's push token (`platform` a
+    /// [`parley_proto::v1::PushPlatform`] as `i32`), or forgets it with an
+    /// empty `token`. The answer is a `PushTokenResult` with the same
+    /// `request_id`, from [`Session::next_frame`], in order with the
+    /// answers to sends. Nothing is checked locally.
+    pub async fn set_push_token(
+        &mut self,
+        request_id: u64,
+        platform: i32,
+        token: &str,
+    ) -> Result<(), ClientError> {
+        self.send_frame(client_frame::Frame::SetPushToken(
+            parley_proto::v1::SetPushToken {
+                request_id,
+                platform,
+                token: token.to_owned(),
+            },
+        ))
+        .await
+    }
+
     /// Sends one message with one body per device instead of one body for
     /// all (apps that encrypt for each device do this): `envelopes` holds
     /// `(user_id, device_id, body)` for every device of `to_user` and every

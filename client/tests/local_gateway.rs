@@ -430,6 +430,7 @@ fn answer(client: ClientFrame, state: &State, kind: Kind) -> Vec<Message> {
             format!("mark_read {} {:?}", r.to_user, r.message_ids)
         }
         Some(client_frame::Frame::ReceiptAck(a)) => format!("receipt_ack {:?}", a.receipt_ids),
+        Some(client_frame::Frame::SetPushToken(p)) => format!("set_push_token {}", p.request_id),
         None => return Vec::new(),
     };
     state.log.lock().expect("log lock").push(entry);

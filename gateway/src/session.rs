@@ -403,7 +403,10 @@ fn on_set_push_token<'a, R: Router>(
         .is_err()
     {
         limited(&shared.metrics, "messages");
-        let refused = answer(ErrorCode::RateLimited, "too many requests; slow down".to_owned());
+        let refused = answer(
+            ErrorCode::RateLimited,
+            "too many requests; slow down".to_owned(),
+        );
         return Box::pin(async move { refused });
     }
     let Some(push) = shared.push.clone() else {
@@ -437,7 +440,9 @@ fn on_set_push_token<'a, R: Router>(
         use parley_push::TokenError;
         match task.await {
             Ok(Ok(())) => answer(ErrorCode::Unspecified, String::new()),
-            Ok(Err(TokenError::InvalidToken(reason))) => answer(ErrorCode::InvalidPushToken, reason),
+            Ok(Err(TokenError::InvalidToken(reason))) => {
+                answer(ErrorCode::InvalidPushToken, reason)
+            }
             Ok(Err(error @ TokenError::Unconfigured(_))) => {
                 answer(ErrorCode::PushPlatformUnavailable, error.to_string())
             }

@@ -30,6 +30,9 @@ type Labels = [(&'static str, &'static str); 1];
 
 #[derive(Clone, Debug)]
 pub struct PushMetrics {
+    /// Wakeups the router reported (something queued for a device without
+    /// a session, or a session that left entries unacknowledged).
+    pub wakeups: Counter,
     /// Pushes the service accepted.
     pub sent: Counter,
     /// Wakeups absorbed by a push already pending or sent in the window.
@@ -64,6 +67,7 @@ impl Default for PushMetrics {
             let _ = tokens_registered.get_or_create(&[("platform", platform.as_str())]);
         }
         Self {
+            wakeups: Counter::default(),
             sent: Counter::default(),
             coalesced: Counter::default(),
             cancelled: Counter::default(),
@@ -84,7 +88,16 @@ impl Default for PushMetrics {
 impl PushMetrics {
     /// Registers the families under `registry` (prefix it with `push`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("sent", "Pushes the push service accepted", self.sent.clone());
+        registry.register(
+            "wakeups",
+            "Wakeups the router reported: something queued for a device without a session, or a session left with entries unacknowledged",
+            self.wakeups.clone(),
+        );
+        registry.register(
+            "sent",
+            "Pushes the push service accepted",
+            self.sent.clone(),
+        );
         registry.register(
             "coalesced",
             "Wakeups absorbed by a push already pending or sent within the window",
@@ -105,7 +118,11 @@ impl PushMetrics {
             "Pushes not sent because the device has no live push token",
             self.no_token.clone(),
         );
-        registry.register("failed", "Pushes that failed, by reason", self.failed.clone());
+        registry.register(
+            "failed",
+            "Pushes that failed, by reason",
+            self.failed.clone(),
+        );
         registry.register(
             "dead_tokens",
             "Push tokens marked dead (endpoint disabled: app uninstalled or token expired)",

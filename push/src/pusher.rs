@@ -165,6 +165,7 @@ impl Pusher {
     /// Records that `device` should be pushed at `due`, unless a slot
     /// absorbs it.
     fn record(&self, device: Device, due: Instant, now: Instant) -> Recorded {
+        self.shared.metrics.wakeups.inc();
         let mut state = self.lock();
         match state.slots.get(&device) {
             Some(Slot::Pending { .. }) => return Recorded::Coalesced,

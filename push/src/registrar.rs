@@ -38,7 +38,9 @@ pub enum TokenError {
 
 /// Whether `token` could be a push token (the service judges the rest).
 pub fn valid_token(token: &str) -> bool {
-    !token.is_empty() && token.len() <= MAX_TOKEN_BYTES && token.bytes().all(|b| b.is_ascii_graphic())
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[derive(Clone)]
@@ -113,7 +115,12 @@ impl Registrar {
             token: token.to_owned(),
             endpoint,
         };
-        if !self.store.save(device, &target, now_ms).await.map_err(store)? {
+        if !self
+            .store
+            .save(device, &target, now_ms)
+            .await
+            .map_err(store)?
+        {
             return Err(TokenError::NoSuchDevice);
         }
         self.metrics

@@ -820,7 +820,10 @@ async fn link(
         ));
     }
     let push = match body.push {
-        Some(push) => Some((push.check().map_err(|e| refused("INVALID_PUSH_TOKEN", e))?, push)),
+        Some(push) => Some((
+            push.check().map_err(|e| refused("INVALID_PUSH_TOKEN", e))?,
+            push,
+        )),
         None => None,
     };
     state.check_ip(&state.inner.links_per_ip, client, "links_per_ip")?;

@@ -57,9 +57,9 @@ impl From<TokenError> for AppError {
             TokenError::Unconfigured(platform) => AppError::PushPlatformUnavailable(platform),
             TokenError::Failed(detail) => AppError::PushFailed(detail),
             TokenError::NoSuchDevice => AppError::NoSuchDevice,
-            TokenError::Store(detail) => {
-                AppError::Internal(crate::error::Internal::Other(format!("push tokens: {detail}")))
-            }
+            TokenError::Store(detail) => AppError::Internal(crate::error::Internal::Other(
+                format!("push tokens: {detail}"),
+            )),
         }
     }
 }

@@ -1054,7 +1054,10 @@ impl AccountStore {
         platform: parley_push::Platform,
         token: &str,
     ) -> Result<Option<String>, StoreError> {
-        let (user, id) = (to_i64(device.user).unwrap_or(0), to_i64(device.device).unwrap_or(0));
+        let (user, id) = (
+            to_i64(device.user).unwrap_or(0),
+            to_i64(device.device).unwrap_or(0),
+        );
         // The token's own row sorts first.
         let endpoint: Option<String> = sqlx::query_scalar(
             "SELECT endpoint FROM push_tokens WHERE platform = $1 \

@@ -939,7 +939,10 @@ pub async fn devices_without_a_session_are_reported_for_what_they_miss(b: &mut i
     let r = b.open(Settings::default());
     let reported = std::sync::Arc::new(Reported::default());
     assert!(r.set_wakeups(reported.clone()));
-    assert!(!r.set_wakeups(std::sync::Arc::new(Reported::default())), "once");
+    assert!(
+        !r.set_wakeups(std::sync::Arc::new(Reported::default())),
+        "once"
+    );
     let (a, bo) = (User::new(1, 2), User::new(2, 2));
     // Bob's phone is online, his laptop is not; Alice's laptop is not.
     let mut phone = attach(&r, bo.device(0)).await;

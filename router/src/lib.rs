@@ -56,8 +56,8 @@ pub use ids::{MAX_NODE_ID, NodeId};
 pub use journal::{JournalConfig, JournalError};
 pub use memory::{MemoryConfig, MemoryRouter, Restored};
 pub use metrics::RouterMetrics;
-pub use wakeups::Wakeups;
 pub use parley_identity::{Device, DeviceId, Devices, UserId};
+pub use wakeups::Wakeups;
 
 /// Identifies one session of a device, so that a late detach from a session
 /// that was already displaced cannot detach its successor.

@@ -78,7 +78,11 @@ impl SnsPush {
             .await
         {
             Ok(out) => out.attributes.unwrap_or_default(),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_not_found_exception()) =>
+            {
                 return Ok(Repaired::Gone);
             }
             Err(err) => return Err(failed(&err)),

@@ -20,7 +20,7 @@ struct Service {
 
 impl Service {
     fn published(&self) -> Vec<Device> {
-        self.published.lock().unwrap().clone()
+        self.published.lock().expect("not poisoned").clone()
     }
 }
 
@@ -36,13 +36,22 @@ impl PushService for Service {
     ) -> BoxFuture<'a, Result<String, PushError>> {
         Box::pin(async move { Ok(format!("endpoint-{token}")) })
     }
-    fn publish<'a>(&'a self, device: Device, _: &'a Target) -> BoxFuture<'a, Result<(), PushError>> {
+    fn publish<'a>(
+        &'a self,
+        device: Device,
+        _: &'a Target,
+    ) -> BoxFuture<'a, Result<(), PushError>> {
         Box::pin(async move {
             if self.hang {
                 std::future::pending::<()>().await;
             }
-            self.published.lock().unwrap().push(device);
-            if self.disabled.lock().unwrap().contains(&device) {
+            self.published.lock().expect("not poisoned").push(device);
+            if self
+                .disabled
+                .lock()
+                .expect("not poisoned")
+                .contains(&device)
+            {
                 return Err(PushError::Disabled);
             }
             Ok(())
@@ -59,7 +68,11 @@ impl Store {
     fn with(devices: &[Device]) -> Self {
         let store = Store::default();
         for &d in devices {
-            store.targets.lock().unwrap().insert(d, (target(d, "t1"), false));
+            store
+                .targets
+                .lock()
+                .expect("not poisoned")
+                .insert(d, (target(d, "t1"), false));
         }
         store
     }
@@ -75,7 +88,12 @@ fn target(device: Device, token: &str) -> Target {
 
 impl PushStore for Store {
     fn target(&self, device: Device) -> BoxFuture<'_, Result<Option<Target>, StoreFailed>> {
-        let t = self.targets.lock().unwrap().get(&device).cloned();
+        let t = self
+            .targets
+            .lock()
+            .expect("not poisoned")
+            .get(&device)
+            .cloned();
         Box::pin(async move { Ok(t.filter(|(_, dead)| !dead).map(|(t, _)| t)) })
     }
     fn known_endpoint<'a>(
@@ -86,16 +104,33 @@ impl PushStore for Store {
     ) -> BoxFuture<'a, Result<Option<String>, StoreFailed>> {
         Box::pin(async { Ok(None) })
     }
-    fn save<'a>(&'a self, d: Device, t: &'a Target, _: i64) -> BoxFuture<'a, Result<bool, StoreFailed>> {
-        self.targets.lock().unwrap().insert(d, (t.clone(), false));
+    fn save<'a>(
+        &'a self,
+        d: Device,
+        t: &'a Target,
+        _: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreFailed>> {
+        self.targets
+            .lock()
+            .expect("not poisoned")
+            .insert(d, (t.clone(), false));
         Box::pin(async { Ok(true) })
     }
     fn clear(&self, d: Device) -> BoxFuture<'_, Result<bool, StoreFailed>> {
-        let had = self.targets.lock().unwrap().remove(&d).is_some();
+        let had = self
+            .targets
+            .lock()
+            .expect("not poisoned")
+            .remove(&d)
+            .is_some();
         Box::pin(async move { Ok(had) })
     }
-    fn mark_dead<'a>(&'a self, d: Device, t: &'a Target) -> BoxFuture<'a, Result<bool, StoreFailed>> {
-        let mut targets = self.targets.lock().unwrap();
+    fn mark_dead<'a>(
+        &'a self,
+        d: Device,
+        t: &'a Target,
+    ) -> BoxFuture<'a, Result<bool, StoreFailed>> {
+        let mut targets = self.targets.lock().expect("not poisoned");
         let marked = match targets.get_mut(&d) {
             Some((current, dead)) if current == t && !*dead => {
                 *dead = true;
@@ -107,10 +142,22 @@ impl PushStore for Store {
     }
 }
 
-const BOB: Device = Device { user: 2, device: 20 };
-const CAROL: Device = Device { user: 3, device: 30 };
-const DAN: Device = Device { user: 4, device: 40 };
-const FIRST: Device = Device { user: 9, device: 90 };
+const BOB: Device = Device {
+    user: 2,
+    device: 20,
+};
+const CAROL: Device = Device {
+    user: 3,
+    device: 30,
+};
+const DAN: Device = Device {
+    user: 4,
+    device: 40,
+};
+const FIRST: Device = Device {
+    user: 9,
+    device: 90,
+};
 
 fn config() -> PushConfig {
     PushConfig {
@@ -131,13 +178,13 @@ struct Running {
 fn start(config: PushConfig, service: &Arc<Service>, store: &Arc<Store>) -> Running {
     let pusher = Pusher::new(config, PushMetrics::default());
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(pusher.clone().run(
-        service.clone(),
-        store.clone(),
-        async move {
-            let _ = stop.await;
-        },
-    ));
+    tokio::spawn(
+        pusher
+            .clone()
+            .run(service.clone(), store.clone(), async move {
+                let _ = stop.await;
+            }),
+    );
     Running {
         pusher,
         _stop: stop_tx,
@@ -193,7 +240,10 @@ async fn connecting_starts_the_window_afresh() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_left_unacknowledged_pushes_after_the_delay_unless_it_reconnects() {
-    let (service, store) = (Arc::new(Service::default()), Arc::new(Store::with(&[BOB, CAROL])));
+    let (service, store) = (
+        Arc::new(Service::default()),
+        Arc::new(Store::with(&[BOB, CAROL])),
+    );
     let run = start(config(), &service, &store);
     run.pusher.disconnected(BOB, 3);
     run.pusher.disconnected(CAROL, 1);
@@ -269,20 +319,33 @@ async fn a_hanging_service_times_out_and_frees_its_slot() {
         tokio::time::advance(Duration::from_secs(6)).await;
     }
     settle().await;
-    let failed = |r| run.pusher.metrics().failed.get_or_create(&[("reason", r)]).get();
+    let failed = |r| {
+        run.pusher
+            .metrics()
+            .failed
+            .get_or_create(&[("reason", r)])
+            .get()
+    };
     assert_eq!(failed("timeout"), 2, "both tried, one after the other");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_disabled_endpoint_kills_the_token_unless_it_was_replaced() {
     let service = Arc::new(Service::default());
-    service.disabled.lock().unwrap().extend([BOB, CAROL]);
+    service
+        .disabled
+        .lock()
+        .expect("not poisoned")
+        .extend([BOB, CAROL]);
     let store = Arc::new(Store::with(&[BOB, CAROL]));
     let run = start(config(), &service, &store);
     run.pusher.missed(BOB);
     settle().await;
     assert_eq!(run.pusher.metrics().dead_tokens.get(), 1);
-    assert!(store.targets.lock().unwrap()[&BOB].1, "Bob's token is dead");
+    assert!(
+        store.targets.lock().expect("not poisoned")[&BOB].1,
+        "Bob's token is dead"
+    );
     // Bob's next wakeup (after the window) finds no live token.
     tokio::time::advance(Duration::from_secs(61)).await;
     settle().await;
@@ -294,7 +357,10 @@ async fn a_disabled_endpoint_kills_the_token_unless_it_was_replaced() {
     // Carol's token is replaced between the read and the failure: the new
     // one stays live. (Simulated by marking with the old target.)
     let old = target(CAROL, "t1");
-    store.save(CAROL, &target(CAROL, "t2"), 0).await.unwrap();
-    assert!(!store.mark_dead(CAROL, &old).await.unwrap());
-    assert!(!store.targets.lock().unwrap()[&CAROL].1);
+    store
+        .save(CAROL, &target(CAROL, "t2"), 0)
+        .await
+        .expect("store");
+    assert!(!store.mark_dead(CAROL, &old).await.expect("store"));
+    assert!(!store.targets.lock().expect("not poisoned")[&CAROL].1);
 }

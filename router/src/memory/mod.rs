@@ -749,9 +749,11 @@ impl Router for MemoryRouter {
         }
         if !others.is_empty() {
             metrics.read_syncs_queued.inc();
-            records.extend(self.queue_receipts(&others, false, &read.message_ids, |rid, ids| {
-                frames::read_sync(rid, read.sender, ids, reader.device, now)
-            }));
+            records.extend(
+                self.queue_receipts(&others, false, &read.message_ids, |rid, ids| {
+                    frames::read_sync(rid, read.sender, ids, reader.device, now)
+                }),
+            );
         }
         if !records.is_empty() {
             self.journal(Op::Change {
