@@ -1,7 +1,8 @@
 //! The registration API over HTTPS: request an SMS code, verify it to get the
 //! device's credential, find which phone numbers are registered, and manage
 //! an account's devices (link a new one with a code from the primary, list
-//! them, unlink one, list another user's device ids).
+//! them, unlink one, list another user's device ids, set or clear this
+//! device's push token).
 //!
 //! Errors come back as [`ClientError::Api`] with the server's documented code,
 //! parsed leniently so that a proxy's HTML error page still yields a status.
@@ -24,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The API's answers are a few hundred bytes; a contact lookup for a large
 /// address book is the biggest. Anything past this is not our server.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// This device's push token: `PUT` sets it, `DELETE` forgets it.
+const PUSH_TOKEN_PATH: &str = "/v1/devices/self/push-token";
 
 /// HTTP client for the registration API. Cheap to clone: clones share one
 /// connection pool.
@@ -255,6 +258,38 @@ impl Registration {
         debug!(device_id, "unlinking a device");
         let path = format!("/v1/devices/{device_id}");
         self.send_request(http::Method::DELETE, &path, Some(token), None)
+            .await
+            .map(drop)
+    }
+
+    /// `PUT /v1/devices/self/push-token`: while this device has no session,
+    /// the server wakes it with a content-free push to `push_token` on
+    /// `platform` (`"apns"`, `"apns_sandbox"` or `"fcm"`), replacing the
+    /// token it had. Errors: `400 INVALID_PUSH_TOKEN` (unknown platform, a
+    /// token empty, over 1024 bytes, not printable ASCII, or refused by the
+    /// push service), `400 PUSH_PLATFORM_UNAVAILABLE` (the server sends no
+    /// pushes for that platform), `502 PUSH_FAILED` (the push service
+    /// failed; retry later), `404 NO_SUCH_DEVICE`.
+    pub async fn set_push_token(
+        &self,
+        token: &str,
+        platform: &str,
+        push_token: &str,
+    ) -> Result<(), ClientError> {
+        // The push token is the device's address at Apple or Google: it
+        // stays out of the logs like the credential.
+        debug!(platform, "setting the push token");
+        let body = serde_json::json!({ "platform": platform, "token": push_token });
+        self.send_request(http::Method::PUT, PUSH_TOKEN_PATH, Some(token), Some(&body))
+            .await
+            .map(drop)
+    }
+
+    /// `DELETE /v1/devices/self/push-token`: no more pushes to this device
+    /// (also a success when it had no token).
+    pub async fn clear_push_token(&self, token: &str) -> Result<(), ClientError> {
+        debug!("clearing the push token");
+        self.send_request(http::Method::DELETE, PUSH_TOKEN_PATH, Some(token), None)
             .await
             .map(drop)
     }
@@ -702,6 +737,133 @@ mod tests {
         let shown = format!("{code:?}");
         assert!(!shown.contains("K7Q2"), "{shown}");
         assert!(shown.contains("600"), "{shown}");
+    }
+
+    /// A client of the API at a plain-HTTP `base`; it never uses the CA.
+    fn client(base: &str) -> Registration {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let tls = crate::tls_config_from_pem(key.cert.pem().as_bytes()).expect("tls");
+        Registration::new(base, tls).expect("valid base")
+    }
+
+    /// Answers one HTTP/1.1 request on 127.0.0.1 with `response` (raw,
+    /// status line first); the task yields the request as received, so a
+    /// test can check the method, path, credential and body the server
+    /// would see.
+    async fn answer_once(
+        response: String,
+    ) -> (String, tokio::task::JoinHandle<std::io::Result<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let served = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await?;
+            let mut request = Vec::new();
+            let mut chunk = [0; 4096];
+            // The head, then as much body as it announces.
+            let complete = |request: &[u8]| {
+                let text = String::from_utf8_lossy(request);
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                (body.len() >= length).then_some(())
+            };
+            while complete(&request).is_none() {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&chunk[..n]);
+            }
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            Ok(String::from_utf8_lossy(&request).into_owned())
+        });
+        (base, served)
+    }
+
+    fn no_content() -> String {
+        "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_string()
+    }
+
+    fn request_body(request: &str) -> serde_json::Value {
+        let (_, body) = request.split_once("\r\n\r\n").expect("a head");
+        serde_json::from_str(body).expect("a JSON body")
+    }
+
+    #[tokio::test]
+    async fn set_push_token_puts_the_documented_body() {
+        let (base, served) = answer_once(no_content()).await;
+        client(&base)
+            .set_push_token("secret.jwt", "apns_sandbox", "a1b2c3")
+            .await
+            .expect("204 is success");
+        let request = served.await.expect("task").expect("served");
+        assert!(
+            request.starts_with("PUT /v1/devices/self/push-token HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("\r\nauthorization: bearer secret.jwt\r\n"),
+            "{request}"
+        );
+        assert_eq!(
+            request_body(&request),
+            serde_json::json!({"platform": "apns_sandbox", "token": "a1b2c3"})
+        );
+    }
+
+    #[tokio::test]
+    async fn clear_push_token_deletes_without_a_body() {
+        let (base, served) = answer_once(no_content()).await;
+        client(&base)
+            .clear_push_token("secret.jwt")
+            .await
+            .expect("204 is success");
+        let request = served.await.expect("task").expect("served");
+        assert!(
+            request.starts_with("DELETE /v1/devices/self/push-token HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer secret.jwt"),
+            "{request}"
+        );
+        assert!(request.ends_with("\r\n\r\n"), "no body: {request}");
+    }
+
+    #[tokio::test]
+    async fn push_token_refusals_keep_their_code() {
+        let body =
+            r#"{"error": {"code": "PUSH_PLATFORM_UNAVAILABLE", "message": "no pushes for fcm"}}"#;
+        let (base, served) = answer_once(format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let err = client(&base)
+            .set_push_token("secret.jwt", "fcm", "t")
+            .await
+            .expect_err("refused");
+        served.await.expect("task").expect("served");
+        assert!(
+            matches!(
+                &err,
+                ClientError::Api { status: 400, code, .. } if code == "PUSH_PLATFORM_UNAVAILABLE"
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! `✓ sent <id>`, `✓✓ delivered <ids> by <user>/<device>`,
 //! `<from_user>/<from_device> <message_id> <text>`, copies as
 //! `<own_user>/<device> → <to_user> <message_id> <text>`, `read-sync ...`,
-//! `linked ...`, one line per device, ...: the table in `docs/cli.md`),
+//! `linked ...`, one line per device, `push token registered (...)`, ...:
+//! the table in `docs/cli.md`),
 //! which the README and the tests grep; warnings, prompts and notes on
 //! stderr; an error is one line on stderr (a [`CliError`], worded with what
 //! to do) and exit code 1.
@@ -22,6 +23,7 @@
 //!   profile from it).
 //! - `devices`: `devices` and `unlink`, and the device lists kept for
 //!   `send --per-device`.
+//! - `push`: `push-token`, this device's push token.
 //! - `profiles`: `whoami`, `profile set`, `profile list`, and which profile a
 //!   run uses.
 //! - `inbox`: what arrives in a session (deliveries, receipts), shown once
@@ -39,6 +41,7 @@ mod lookup;
 mod output;
 mod profiles;
 mod prompt;
+mod push;
 mod register;
 mod send;
 
@@ -234,6 +237,28 @@ pub enum Command {
         #[arg(value_name = "DEVICE_ID")]
         device_id: String,
     },
+    /// Set this device's push token, or forget it with --clear; prints
+    /// `push token registered (<platform>)` or `push token cleared`.
+    ///
+    /// A real phone app sends the token its OS gave it (an APNs device
+    /// token, or an FCM registration token); while the device has no
+    /// session, the server then wakes it with a content-free push, so that
+    /// it connects and fetches its messages. A development server (`--push
+    /// outbox`, the default) writes a `{"kind":"push",...}` line to its
+    /// outbox.jsonl instead. A device has one token: a new one replaces it.
+    #[command(override_usage = "parley-cli push-token <PLATFORM> <TOKEN>\n       \
+                                parley-cli push-token --clear")]
+    PushToken {
+        /// Where the token is from
+        #[arg(value_enum, required_unless_present = "clear")]
+        platform: Option<PushPlatform>,
+        /// The token, as the OS gave it (1 to 1024 printable ASCII characters)
+        #[arg(required_unless_present = "clear")]
+        token: Option<String>,
+        /// Forget this device's token instead: no more pushes to it
+        #[arg(long, conflicts_with_all = ["platform", "token"])]
+        clear: bool,
+    },
     /// Change or list profiles without registering again.
     Profile {
         #[command(subcommand)]
@@ -255,6 +280,31 @@ pub enum ProfileAction {
 pub enum WaitFor {
     Delivered,
     Read,
+}
+
+/// A push token's platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PushPlatform {
+    /// Apple Push Notification service (App Store and TestFlight builds)
+    Apns,
+    /// The APNs sandbox (development builds run from Xcode)
+    // Spelled as the API spells it, so that what the server says and what
+    // is typed agree; clap's own spelling is accepted too.
+    #[value(name = "apns_sandbox", alias = "apns-sandbox")]
+    ApnsSandbox,
+    /// Firebase Cloud Messaging (Android)
+    Fcm,
+}
+
+impl PushPlatform {
+    /// The name in the API's `platform` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apns => "apns",
+            Self::ApnsSandbox => "apns_sandbox",
+            Self::Fcm => "fcm",
+        }
+    }
 }
 
 impl Cli {
@@ -344,6 +394,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::LinkAccept { code, name } => link::accept(&cli, &dir, code, name.as_deref()).await,
         Command::Devices => devices::list(&cli, &dir).await,
         Command::Unlink { device_id } => devices::unlink(&cli, &dir, device_id).await,
+        Command::PushToken {
+            platform,
+            token,
+            clear,
+        } => match (platform, token, clear) {
+            (Some(platform), Some(token), false) => push::set(&cli, &dir, *platform, token).await,
+            (None, None, true) => push::clear(&cli, &dir).await,
+            // The argument rules above let only those two through.
+            _ => Err(CliError::new(
+                "push-token takes PLATFORM TOKEN, or --clear (see `parley-cli push-token --help`)",
+            )),
+        },
         Command::Profile { action } => match action {
             ProfileAction::Set => profiles::set(&cli, &dir),
             ProfileAction::List => profiles::list(),
@@ -490,6 +552,59 @@ mod tests {
             .is_err(),
             "one profile per run"
         );
+    }
+
+    #[test]
+    fn push_token_takes_a_platform_and_token_or_clear() {
+        let parse = |args: &[&str]| {
+            Cli::try_from_args(["parley-cli", "push-token"].iter().chain(args)).map(|c| c.command)
+        };
+        for (typed, platform) in [
+            ("apns", PushPlatform::Apns),
+            ("apns_sandbox", PushPlatform::ApnsSandbox),
+            ("apns-sandbox", PushPlatform::ApnsSandbox),
+            ("fcm", PushPlatform::Fcm),
+        ] {
+            let command = parse(&[typed, "a1b2c3"]).expect(typed);
+            assert!(
+                matches!(
+                    &command,
+                    Command::PushToken { platform: Some(p), token: Some(t), clear: false }
+                        if *p == platform && t == "a1b2c3"
+                ),
+                "{typed}: {command:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&["--clear"]).expect("--clear"),
+            Command::PushToken {
+                platform: None,
+                token: None,
+                clear: true
+            }
+        ));
+        // Exactly one of the two forms.
+        for refused in [
+            &[][..],
+            &["fcm"],
+            &["--clear", "fcm", "t"],
+            &["fcm", "t", "--clear"],
+            &["--clear", "fcm"],
+            &["gcm", "t"],
+            &["fcm", "t", "extra"],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?}");
+        }
+        // The wire names are the API's.
+        let wire: Vec<_> = PushPlatform::value_variants()
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        assert_eq!(wire, ["apns", "apns_sandbox", "fcm"]);
+        for p in PushPlatform::value_variants() {
+            let name = p.to_possible_value().expect("shown");
+            assert_eq!(name.get_name(), p.as_str(), "typed as sent");
+        }
     }
 
     #[test]
