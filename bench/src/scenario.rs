@@ -424,6 +424,13 @@ pub struct ChatArgs {
     /// growing without bound shows up here first).
     #[arg(long, default_value_t = 1000.0)]
     pub max_p99_ms: f64,
+    /// Every second pair's partner is offline: its sessions close before
+    /// the sending starts, so those messages stay queued (and wake the
+    /// partner with a push, if it has a token). Their senders count a
+    /// message done at its ack (`queued_offline`); msgs_per_s and the
+    /// latency figures are the online pairs'.
+    #[arg(long)]
+    pub offline_partners: bool,
 }
 
 impl ChatArgs {
@@ -476,7 +483,7 @@ pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
         let achieved = sustained(&report, a.duration);
         let p99 = ms(report.hists.receipt.summary().p99_us);
         let k = &report.counters;
-        let lost = k.sent.saturating_sub(k.receipts);
+        let lost = k.sent.saturating_sub(k.receipts + k.queued_offline);
         let passed = lost == 0
             && k.unsent == 0
             && k.send_errors == 0
@@ -535,6 +542,7 @@ async fn chat_run(c: &Common, creds: &Creds, a: &ChatArgs, rate: f64) -> anyhow:
         drain_secs: a.drain,
         devices: a.devices,
         echo: false,
+        offline_partners: a.offline_partners,
     });
     let mut fleet = Fleet::spawn(&specs).await?;
     fleet
@@ -562,7 +570,7 @@ fn sustained(report: &Report, secs: f64) -> f64 {
 
 fn chat_figures(report: &Report, a: &ChatArgs, rate: f64, latency_goals: bool) -> Vec<Figure> {
     let k = &report.counters;
-    let lost = k.sent.saturating_sub(k.receipts) + k.unsent;
+    let lost = k.sent.saturating_sub(k.receipts + k.queued_offline) + k.unsent;
     let dups = k.duplicates + k.receipt_duplicates;
     let l = report.hists.receipt.summary();
     let mut f = vec![
@@ -580,6 +588,13 @@ fn chat_figures(report: &Report, a: &ChatArgs, rate: f64, latency_goals: bool) -
         // sender's others (with one device per user, one per message).
         Figure::new("copies_delivered", k.delivered as f64, "copy"),
     ];
+    if a.offline_partners {
+        f.push(Figure::new(
+            "queued_offline",
+            k.queued_offline as f64,
+            "msg",
+        ));
+    }
     if let Some(cpu) = report.server_cpu_secs {
         f.push(Figure::new("server_cpu_secs", cpu, "s"));
         if k.receipts > 0 {
@@ -845,6 +860,7 @@ async fn floor_phases(
             window: a.window,
             drain_secs: 10.0,
             echo: true,
+            offline_partners: false,
         });
         let mut fleet = Fleet::spawn(&specs).await?;
         fleet.ready(Duration::from_secs(120)).await?;

@@ -269,6 +269,9 @@ pub struct Counters {
     pub unacked: u64,
     /// Acked messages whose receipt never came back.
     pub unreceipted: u64,
+    /// Chat with `--offline-partners`: messages acked for a partner that
+    /// is offline (they stay queued; no receipt is expected).
+    pub queued_offline: u64,
     /// Sessions the server closed during the run.
     pub closed: u64,
     /// Microseconds from the start to the last receipt (or echo): the
@@ -303,6 +306,7 @@ impl Counters {
             unsent,
             unacked,
             unreceipted,
+            queued_offline,
             closed
         );
         // Phases run in parallel across workers: the slowest one counts.

@@ -75,6 +75,10 @@ pub enum Job {
         #[serde(default = "one")]
         devices: usize,
         echo: bool,
+        /// Every second pair's partner is offline (its sessions close
+        /// before the go): those messages stay queued, and wake the partner.
+        #[serde(default)]
+        offline_partners: bool,
     },
     /// The first `senders` users queue `messages` for the other (offline)
     /// users; after `Go` those connect and drain their mailboxes.

@@ -49,6 +49,9 @@ pub struct Params {
     pub drain_secs: f64,
     /// Devices per user.
     pub devices: usize,
+    /// Every second pair's partner is offline: its sessions are closed
+    /// before the go, and its sender counts a message done at its ack.
+    pub offline_partners: bool,
 }
 
 impl Params {
@@ -98,8 +101,13 @@ pub async fn run(
         let Some(Some(sender)) = group.next() else {
             continue;
         };
+        let offline = p.offline_partners && pair % 2 == 1;
         for recipient in group.flatten() {
-            recipients.spawn(recipient_loop(Arc::clone(ctx), recipient, halt.clone()));
+            if offline {
+                recipient.close_quickly().await;
+            } else {
+                recipients.spawn(recipient_loop(Arc::clone(ctx), recipient, halt.clone()));
+            }
         }
         let schedule =
             Schedule::for_sender(start, p.rate, pairs, pair, share(p.total(), pairs, pair));
@@ -108,7 +116,10 @@ pub async fn run(
             Arc::clone(ctx),
             sender,
             schedule,
-            to,
+            Partner {
+                user: to,
+                online: !offline,
+            },
             base,
             p,
             deadline,
@@ -123,6 +134,14 @@ pub async fn run(
     Ok(ctx.take_report())
 }
 
+/// Who a sender sends to.
+#[derive(Clone, Copy, Debug)]
+struct Partner {
+    user: u64,
+    /// Offline (`--offline-partners`): messages stay queued, no receipts.
+    online: bool,
+}
+
 /// What a sender has in flight.
 struct Sender {
     /// Sends without a ServerAck, oldest first (acks come in send order).
@@ -131,7 +150,8 @@ struct Sender {
     /// intended send time and the receipts still due (one per device of
     /// the partner).
     unreceipted: HashMap<u64, (Instant, usize)>,
-    /// Receipts each message gets: the partner's devices.
+    /// Receipts each message gets: the partner's devices (0: the partner
+    /// is offline, a message is done at its ack).
     receipts_each: usize,
     /// Receipt ids to acknowledge.
     receipt_ids: Vec<u64>,
@@ -141,16 +161,17 @@ async fn sender_loop(
     ctx: Arc<Ctx>,
     mut conn: Conn,
     mut schedule: Schedule,
-    to: u64,
+    partner: Partner,
     base: u64,
     p: Params,
     deadline: Instant,
 ) {
+    let to = partner.user;
     let count = schedule.count();
     let mut s = Sender {
         unacked: VecDeque::with_capacity(p.window),
         unreceipted: HashMap::new(),
-        receipts_each: p.devices.max(1),
+        receipts_each: if partner.online { p.devices.max(1) } else { 0 },
         receipt_ids: Vec::with_capacity(READ_BATCH),
     };
     let (mut due_end, mut next) = (0, 0);
@@ -232,9 +253,13 @@ fn on_frame(ctx: &Ctx, s: &mut Sender, incoming: Incoming) {
             let Some(intended) = take_unacked(&mut s.unacked, a.client_msg_id) else {
                 return;
             };
-            s.unreceipted
-                .insert(a.message_id, (intended, s.receipts_each));
             let mut rec = ctx.rec();
+            if s.receipts_each == 0 {
+                rec.report.counters.queued_offline += 1;
+            } else {
+                s.unreceipted
+                    .insert(a.message_id, (intended, s.receipts_each));
+            }
             rec.report.counters.acked += 1;
             rec.report.hists.ack.record(now - intended);
             rec.second(now.into_std()).done += 1;

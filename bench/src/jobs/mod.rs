@@ -178,8 +178,10 @@ pub async fn run_worker() -> anyhow::Result<()> {
             drain_secs,
             devices,
             echo,
+            offline_partners,
         } => {
             let params = chat::Params {
+                offline_partners,
                 rate,
                 secs,
                 body_len,
