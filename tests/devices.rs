@@ -7,10 +7,12 @@
 //! their reuse refused, unlinking, and re-registration revoking every
 //! device.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 
+use api::{Api, code_of};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use common::{PROMPTLY, TestServer, is_empty_marker, next, until};
 use parley_client::{ClientError, Credential, Session};
@@ -19,44 +21,7 @@ use parley_proto::v1::server_frame::Frame;
 use parley_proto::v1::{ClientFrame, CloseReason, Envelope, ErrorCode, ReceiptKind, client_frame};
 use prost::Message as _;
 
-/// The HTTPS API, as JSON.
-struct Api {
-    client: reqwest::Client,
-    base: String,
-}
-
 impl Api {
-    fn new(server: &TestServer) -> Api {
-        Api {
-            client: reqwest::Client::builder()
-                .tls_backend_preconfigured(Arc::unwrap_or_clone(server.tls.clone()))
-                .build()
-                .expect("client"),
-            base: server.http_url(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("an answer");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        (status, json)
-    }
-
     async fn link_code(&self, primary: &Credential) -> Result<String, (u16, String)> {
         let (status, body) = self
             .call(
@@ -127,13 +92,6 @@ impl Api {
             })
             .collect()
     }
-}
-
-fn code_of(body: &serde_json::Value) -> String {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 async fn online(server: &TestServer, who: &Credential) -> Session {

@@ -7,52 +7,18 @@
 //! device of an account pushed on its own; a token that moves to another
 //! device; and the documented refusals. Pushes through SNS: push_sns.rs.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 
-use std::sync::Arc;
+use api::{Api, code_of};
 
 use common::{PROMPTLY, TestServer, eventually, next, sample, until};
 use parley_client::{Credential, Session};
 use parley_proto::v1::server_frame::Frame;
 use parley_proto::v1::{ErrorCode, PushPlatform};
 
-/// The HTTPS API, as JSON.
-struct Api {
-    client: reqwest::Client,
-    base: String,
-}
-
 impl Api {
-    fn new(server: &TestServer) -> Api {
-        Api {
-            client: reqwest::Client::builder()
-                .tls_backend_preconfigured(Arc::unwrap_or_clone(server.tls.clone()))
-                .build()
-                .expect("client"),
-            base: server.http_url(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("an answer");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or_default())
-    }
-
     /// `PUT /v1/devices/self/push-token`: the status and the error code.
     async fn set_token(&self, who: &Credential, platform: &str, token: &str) -> (u16, String) {
         let (status, body) = self
@@ -65,13 +31,6 @@ impl Api {
             .await;
         (status, code_of(&body))
     }
-}
-
-fn code_of(body: &serde_json::Value) -> String {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// The push lines of the outbox: `(user, device, platform)`.
@@ -184,10 +143,10 @@ async fn a_connected_device_gets_no_push() {
     assert!(pushes(&server).is_empty());
 }
 
-#[tokio::test]
-async fn a_session_that_leaves_messages_unacknowledged_is_pushed_after_the_delay() {
-    let server = TestServer::start_with(&["--push-delay", "1"]);
-    let api = Api::new(&server);
+/// Bob (with a push token) receives a message from Alice and his app dies
+/// before it stores it (no ack): his session ends with it queued.
+async fn bob_leaves_a_message_unacknowledged(server: &TestServer) -> Credential {
+    let api = Api::new(server);
     let (alice, bob) = (server.register().await, server.register().await);
     assert_eq!(api.set_token(&bob, "fcm", "bob-token").await.0, 204);
     let mut bob_session = server.connect(&bob).await;
@@ -197,8 +156,14 @@ async fn a_session_that_leaves_messages_unacknowledged_is_pushed_after_the_delay
     let Frame::Deliver(_) = next(&mut bob_session).await else {
         panic!("a delivery")
     };
-    // Bob's app dies before it stores the message (no ack).
     bob_session.drop_abruptly();
+    bob
+}
+
+#[tokio::test]
+async fn a_session_that_leaves_messages_unacknowledged_is_pushed_after_the_delay() {
+    let server = TestServer::start_with(&["--push-delay", "1"]);
+    let bob = bob_leaves_a_message_unacknowledged(&server).await;
     server
         .wait_for_metrics(&[("parley_push_sent_total", 1.0)], PROMPTLY)
         .await;
@@ -211,17 +176,7 @@ async fn a_session_that_leaves_messages_unacknowledged_is_pushed_after_the_delay
 #[tokio::test]
 async fn a_device_that_reconnects_within_the_delay_is_not_pushed() {
     let server = TestServer::start_with(&["--push-delay", "3600"]);
-    let api = Api::new(&server);
-    let (alice, bob) = (server.register().await, server.register().await);
-    assert_eq!(api.set_token(&bob, "fcm", "bob-token").await.0, 204);
-    let mut bob_session = server.connect(&bob).await;
-    until(&mut bob_session, common::is_empty_marker).await;
-    let mut alice_session = server.connect(&alice).await;
-    send_acked(&mut alice_session, bob.user_id, 1, 1).await;
-    let Frame::Deliver(_) = next(&mut bob_session).await else {
-        panic!("a delivery")
-    };
-    bob_session.drop_abruptly();
+    let bob = bob_leaves_a_message_unacknowledged(&server).await;
     server
         .wait_for_metrics(&[("parley_push_pending", 1.0)], PROMPTLY)
         .await;

@@ -11,11 +11,13 @@
 //! were built; under `CI=true`, sms_sns.rs's `moto_configured_in_ci` fails
 //! without it.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 #[path = "common/moto.rs"]
 mod moto;
 
-use std::sync::Arc;
+use api::Api;
 
 use common::{PROMPTLY, TestServer, eventually, next, sample, until};
 use moto::Moto;
@@ -40,42 +42,7 @@ async fn start(moto: &Moto, extra: &[&str]) -> TestServer {
     TestServer::start_with(&args)
 }
 
-struct Api {
-    client: reqwest::Client,
-    base: String,
-}
-
 impl Api {
-    fn new(server: &TestServer) -> Api {
-        Api {
-            client: reqwest::Client::builder()
-                .tls_backend_preconfigured(Arc::unwrap_or_clone(server.tls.clone()))
-                .build()
-                .expect("client"),
-            base: server.http_url(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("an answer");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or_default())
-    }
-
     async fn set_token(&self, who: &Credential, platform: &str, token: &str) {
         let (status, body) = self
             .call(
