@@ -13,25 +13,10 @@ mod common;
 
 use api::{Api, code_of};
 
-use common::{PROMPTLY, TestServer, eventually, next, sample, until};
-use parley_client::{Credential, Session};
+use common::{PROMPTLY, TestServer, eventually, next, send_acked, until};
+use parley_client::Credential;
 use parley_proto::v1::server_frame::Frame;
 use parley_proto::v1::{ErrorCode, PushPlatform};
-
-impl Api {
-    /// `PUT /v1/devices/self/push-token`: the status and the error code.
-    async fn set_token(&self, who: &Credential, platform: &str, token: &str) -> (u16, String) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::PUT,
-                "/v1/devices/self/push-token",
-                Some(&who.token),
-                Some(serde_json::json!({"platform": platform, "token": token})),
-            )
-            .await;
-        (status, code_of(&body))
-    }
-}
 
 /// The push lines of the outbox: `(user, device, platform)`.
 fn pushes(server: &TestServer) -> Vec<(u64, u64, String)> {
@@ -50,44 +35,21 @@ fn pushes(server: &TestServer) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-async fn metric(server: &TestServer, key: &str) -> f64 {
-    let (_, body) = server.admin_get("/metrics").await;
-    sample(&body, key).unwrap_or_else(|| panic!("no {key} in the metrics"))
-}
-
-/// Sends `count` texts from `session` to `to` and waits for every ack.
-async fn send_acked(session: &mut Session, to: u64, first_id: u64, count: u64) {
-    for id in first_id..first_id + count {
-        session
-            .send(id, to, format!("message {id}"))
-            .await
-            .expect("send");
-    }
-    let mut acked = 0;
-    while acked < count {
-        match next(session).await {
-            Frame::Ack(_) => acked += 1,
-            Frame::SendError(e) => panic!("refused: {e:?}"),
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_burst_to_a_device_without_a_session_makes_one_content_free_push() {
     let server = TestServer::start();
     let api = Api::new(&server);
     let (alice, bob) = (server.register().await, server.register().await);
     assert_eq!(
-        api.set_token(&bob, "fcm", "bob-phone-token").await,
+        api.set_push_token(&bob, "fcm", "bob-phone-token").await,
         (204, String::new())
     );
     let mut alice_session = server.connect(&alice).await;
     send_acked(&mut alice_session, bob.user_id, 1, 50).await;
     // Each wakeup is recorded before its message is acked: all 50 are in,
     // 49 of them absorbed by the first push.
-    assert_eq!(metric(&server, "parley_push_wakeups_total").await, 50.0);
-    assert_eq!(metric(&server, "parley_push_coalesced_total").await, 49.0);
+    assert_eq!(server.metric("parley_push_wakeups_total").await, 50.0);
+    assert_eq!(server.metric("parley_push_coalesced_total").await, 49.0);
     server
         .wait_for_metrics(&[("parley_push_sent_total", 1.0)], PROMPTLY)
         .await;
@@ -97,7 +59,10 @@ async fn a_burst_to_a_device_without_a_session_makes_one_content_free_push() {
         "one push, naming the device and platform only"
     );
     let line = std::fs::read_to_string(server.outbox()).expect("outbox");
-    assert!(!line.contains("message "), "no text of a message in a push");
+    assert!(
+        !line.contains("secret text"),
+        "no text of a message in a push"
+    );
     assert!(!line.contains("bob-phone-token"), "no token in the outbox");
     // Bob connects and finds all 50: the push only woke him.
     let mut bob_session = server.connect(&bob).await;
@@ -114,8 +79,11 @@ async fn a_connected_device_gets_no_push() {
     let server = TestServer::start();
     let api = Api::new(&server);
     let (alice, bob) = (server.register().await, server.register().await);
-    assert_eq!(api.set_token(&bob, "apns", "bob-token").await.0, 204);
-    assert_eq!(api.set_token(&alice, "apns", "alice-token").await.0, 204);
+    assert_eq!(api.set_push_token(&bob, "apns", "bob-token").await.0, 204);
+    assert_eq!(
+        api.set_push_token(&alice, "apns", "alice-token").await.0,
+        204
+    );
     let mut bob_session = server.connect(&bob).await;
     until(&mut bob_session, common::is_empty_marker).await;
     let mut alice_session = server.connect(&alice).await;
@@ -139,7 +107,7 @@ async fn a_connected_device_gets_no_push() {
     }
     // Every message and receipt reached a live session: nothing woke
     // anyone (recorded synchronously, so this is not a race).
-    assert_eq!(metric(&server, "parley_push_wakeups_total").await, 0.0);
+    assert_eq!(server.metric("parley_push_wakeups_total").await, 0.0);
     assert!(pushes(&server).is_empty());
 }
 
@@ -148,7 +116,7 @@ async fn a_connected_device_gets_no_push() {
 async fn bob_leaves_a_message_unacknowledged(server: &TestServer) -> Credential {
     let api = Api::new(server);
     let (alice, bob) = (server.register().await, server.register().await);
-    assert_eq!(api.set_token(&bob, "fcm", "bob-token").await.0, 204);
+    assert_eq!(api.set_push_token(&bob, "fcm", "bob-token").await.0, 204);
     let mut bob_session = server.connect(&bob).await;
     until(&mut bob_session, common::is_empty_marker).await;
     let mut alice_session = server.connect(&alice).await;
@@ -193,7 +161,7 @@ async fn a_device_that_reconnects_within_the_delay_is_not_pushed() {
             PROMPTLY,
         )
         .await;
-    assert_eq!(metric(&server, "parley_push_sent_total").await, 0.0);
+    assert_eq!(server.metric("parley_push_sent_total").await, 0.0);
     assert!(pushes(&server).is_empty());
 }
 
@@ -226,7 +194,7 @@ async fn every_device_of_an_account_is_pushed_on_its_own_and_a_token_moves_with_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["push"], "registered");
     let tablet: u64 = body["device_id"].as_str().expect("id").parse().expect("id");
-    assert_eq!(api.set_token(&bob, "fcm", "phone-token").await.0, 204);
+    assert_eq!(api.set_push_token(&bob, "fcm", "phone-token").await.0, 204);
     let mut alice_session = server.connect(&alice).await;
     send_acked(&mut alice_session, bob.user_id, 1, 3).await;
     server
@@ -244,7 +212,10 @@ async fn every_device_of_an_account_is_pushed_on_its_own_and_a_token_moves_with_
     // The phone's app data moves to Carol's new phone (same token): the
     // token is Carol's now.
     let carol = server.register().await;
-    assert_eq!(api.set_token(&carol, "fcm", "phone-token").await.0, 204);
+    assert_eq!(
+        api.set_push_token(&carol, "fcm", "phone-token").await.0,
+        204
+    );
     send_acked(&mut alice_session, carol.user_id, 10, 1).await;
     server
         .wait_for_metrics(&[("parley_push_sent_total", 3.0)], PROMPTLY)
@@ -258,7 +229,7 @@ async fn every_device_of_an_account_is_pushed_on_its_own_and_a_token_moves_with_
     let deadline = std::time::Instant::now() + PROMPTLY;
     for id in 100.. {
         send_acked(&mut alice_session, bob.user_id, id, 1).await;
-        if metric(&server, "parley_push_no_token_total").await > 0.0 {
+        if server.metric("parley_push_no_token_total").await > 0.0 {
             break;
         }
         assert!(
@@ -348,7 +319,7 @@ async fn a_token_comes_with_registration_and_over_the_session() {
     let alice = server.register().await;
     let mut alice_session = server.connect(&alice).await;
     eventually("Bob's session is gone", PROMPTLY, || async {
-        match metric(&server, "parley_gateway_sessions_open").await {
+        match server.metric("parley_gateway_sessions_open").await {
             1.0 => Ok(()),
             n => Err(format!("{n} sessions open")),
         }
@@ -383,19 +354,19 @@ async fn bad_tokens_and_disabled_push_get_their_documented_codes() {
     let api = Api::new(&server);
     let bob = server.register().await;
     assert_eq!(
-        api.set_token(&bob, "fcm", "t").await,
+        api.set_push_token(&bob, "fcm", "t").await,
         (400, "PUSH_PLATFORM_UNAVAILABLE".to_owned())
     );
     assert_eq!(
-        api.set_token(&bob, "windows", "t").await,
+        api.set_push_token(&bob, "windows", "t").await,
         (400, "INVALID_PUSH_TOKEN".to_owned())
     );
     assert_eq!(
-        api.set_token(&bob, "fcm", &"x".repeat(1025)).await,
+        api.set_push_token(&bob, "fcm", &"x".repeat(1025)).await,
         (400, "INVALID_PUSH_TOKEN".to_owned())
     );
     assert_eq!(
-        api.set_token(&bob, "fcm", "").await,
+        api.set_push_token(&bob, "fcm", "").await,
         (400, "INVALID_PUSH_TOKEN".to_owned())
     );
     let (status, body) = api
@@ -431,5 +402,5 @@ async fn bad_tokens_and_disabled_push_get_their_documented_codes() {
     let alice = server.register().await;
     let mut alice_session = server.connect(&alice).await;
     send_acked(&mut alice_session, bob.user_id, 1, 3).await;
-    assert_eq!(metric(&server, "parley_push_wakeups_total").await, 0.0);
+    assert_eq!(server.metric("parley_push_wakeups_total").await, 0.0);
 }

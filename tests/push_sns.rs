@@ -19,9 +19,9 @@ mod moto;
 
 use api::Api;
 
-use common::{PROMPTLY, TestServer, eventually, next, sample, until};
+use common::{PROMPTLY, TestServer, eventually, next, sample, send_acked, until};
 use moto::Moto;
-use parley_client::{Credential, Session};
+use parley_client::Credential;
 use parley_proto::v1::server_frame::Frame;
 
 /// A server pushing through `moto`, with an FCM and an APNs application.
@@ -44,15 +44,10 @@ async fn start(moto: &Moto, extra: &[&str]) -> TestServer {
 
 impl Api {
     async fn set_token(&self, who: &Credential, platform: &str, token: &str) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::PUT,
-                "/v1/devices/self/push-token",
-                Some(&who.token),
-                Some(serde_json::json!({"platform": platform, "token": token})),
-            )
-            .await;
-        assert_eq!(status, 204, "{body}");
+        assert_eq!(
+            self.set_push_token(who, platform, token).await,
+            (204, String::new())
+        );
     }
 
     /// Links a new device to `primary`'s account, with a push token.
@@ -84,28 +79,6 @@ impl Api {
             user_id: id("user_id"),
             device_id: id("device_id"),
             token: body["token"].as_str().expect("token").to_owned(),
-        }
-    }
-}
-
-async fn metric(server: &TestServer, key: &str) -> f64 {
-    let (_, body) = server.admin_get("/metrics").await;
-    sample(&body, key).unwrap_or_else(|| panic!("no {key} in the metrics"))
-}
-
-async fn send_acked(session: &mut Session, to: u64, first_id: u64, count: u64) {
-    for id in first_id..first_id + count {
-        session
-            .send(id, to, format!("secret text {id}"))
-            .await
-            .expect("send");
-    }
-    let mut acked = 0;
-    while acked < count {
-        match next(session).await {
-            Frame::Ack(_) => acked += 1,
-            Frame::SendError(e) => panic!("refused: {e:?}"),
-            _ => {}
         }
     }
 }
@@ -156,11 +129,9 @@ async fn each_device_token_becomes_its_own_platform_endpoint() {
     assert_eq!(renewed.arn, phone.arn, "the phone's endpoint, updated");
     assert_eq!(moto.endpoints().await.len(), 2);
     assert_eq!(
-        metric(
-            &server,
-            r#"parley_push_tokens_registered_total{platform="fcm"}"#
-        )
-        .await,
+        server
+            .metric(r#"parley_push_tokens_registered_total{platform="fcm"}"#)
+            .await,
         3.0
     );
 }
@@ -183,7 +154,7 @@ async fn a_burst_publishes_one_content_free_push_per_device() {
     server
         .wait_for_metrics(&[("parley_push_sent_total", 2.0)], PROMPTLY)
         .await;
-    assert_eq!(metric(&server, "parley_push_coalesced_total").await, 98.0);
+    assert_eq!(server.metric("parley_push_coalesced_total").await, 98.0);
     let phone = moto.endpoint("bob-phone").await;
     let tablet = moto.endpoint("bob-tablet").await;
     assert_eq!(phone.messages.len(), 1, "{phone:?}");
@@ -264,7 +235,7 @@ async fn a_disabled_endpoint_kills_the_token_until_it_is_registered_again() {
     let deadline = std::time::Instant::now() + PROMPTLY;
     for id in 2.. {
         send_acked(&mut alice_session, bob.user_id, id, 1).await;
-        if metric(&server, "parley_push_no_token_total").await > 0.0 {
+        if server.metric("parley_push_no_token_total").await > 0.0 {
             break;
         }
         assert!(
@@ -274,7 +245,9 @@ async fn a_disabled_endpoint_kills_the_token_until_it_is_registered_again() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric(&server, r#"parley_push_failed_total{reason="disabled"}"#).await,
+        server
+            .metric(r#"parley_push_failed_total{reason="disabled"}"#)
+            .await,
         1.0
     );
     // The app is installed again: its token registers, the endpoint is
@@ -338,7 +311,7 @@ async fn with_sns_gone_messages_are_delivered_and_the_failures_counted() {
         }
     })
     .await;
-    assert_eq!(metric(&server, "parley_push_sent_total").await, 0.0);
+    assert_eq!(server.metric("parley_push_sent_total").await, 0.0);
     for who in &recipients {
         let mut session = server.connect(who).await;
         let frames = until(&mut session, common::is_empty_marker).await;
@@ -380,7 +353,7 @@ async fn a_session_left_unacknowledged_is_pushed_once_after_the_delay_and_a_live
             panic!("a delivery")
         };
     }
-    assert_eq!(metric(&server, "parley_push_wakeups_total").await, 0.0);
+    assert_eq!(server.metric("parley_push_wakeups_total").await, 0.0);
     bob_session.drop_abruptly();
     server
         .wait_for_metrics(&[("parley_push_sent_total", 1.0)], PROMPTLY)

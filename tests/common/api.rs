@@ -47,6 +47,26 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `PUT /v1/devices/self/push-token`: the status and the error code.
+    pub async fn set_push_token(
+        &self,
+        who: &parley_client::Credential,
+        platform: &str,
+        token: &str,
+    ) -> (u16, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                "/v1/devices/self/push-token",
+                Some(&who.token),
+                Some(serde_json::json!({"platform": platform, "token": token})),
+            )
+            .await;
+        (status, code_of(&body))
+    }
+}
+
 /// The error code of an error answer (empty for any other).
 pub fn code_of(body: &serde_json::Value) -> String {
     body["error"]["code"]

@@ -341,6 +341,12 @@ impl TestServer {
         .await;
     }
 
+    /// One sample of `/metrics` (`name{labels}`), which must be there.
+    pub async fn metric(&self, key: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        sample(&body, key).unwrap_or_else(|| panic!("no {key} in the metrics"))
+    }
+
     /// The server's log so far, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
@@ -683,4 +689,23 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+/// Sends `count` texts (`secret text <id>`) from `session` to `to`, with
+/// `client_msg_id`s from `first_id`, and waits for every ack.
+pub async fn send_acked(session: &mut Session, to: u64, first_id: u64, count: u64) {
+    for id in first_id..first_id + count {
+        session
+            .send(id, to, format!("secret text {id}"))
+            .await
+            .expect("send");
+    }
+    let mut acked = 0;
+    while acked < count {
+        match next(session).await {
+            Frame::Ack(_) => acked += 1,
+            Frame::SendError(e) => panic!("refused: {e:?}"),
+            _ => {}
+        }
+    }
 }
