@@ -171,29 +171,10 @@ async fn every_device_of_an_account_is_pushed_on_its_own_and_a_token_moves_with_
     let api = Api::new(&server);
     let (alice, bob) = (server.register().await, server.register().await);
     // Bob links a tablet, which registers its token at linking.
-    let (status, body) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/devices/link-code",
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/devices/link",
-            None,
-            Some(serde_json::json!({
-                "code": body["code"], "name": "Tablet",
-                "push": {"platform": "apns", "token": "tablet-token"},
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["push"], "registered");
-    let tablet: u64 = body["device_id"].as_str().expect("id").parse().expect("id");
+    let tablet = api
+        .link_with_push(&bob, "apns", "tablet-token")
+        .await
+        .device_id;
     assert_eq!(api.set_push_token(&bob, "fcm", "phone-token").await.0, 204);
     let mut alice_session = server.connect(&alice).await;
     send_acked(&mut alice_session, bob.user_id, 1, 3).await;

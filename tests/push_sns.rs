@@ -49,38 +49,6 @@ impl Api {
             (204, String::new())
         );
     }
-
-    /// Links a new device to `primary`'s account, with a push token.
-    async fn link(&self, primary: &Credential, platform: &str, token: &str) -> Credential {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/devices/link-code",
-                Some(&primary.token),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/devices/link",
-                None,
-                Some(serde_json::json!({
-                    "code": body["code"], "name": "Tablet",
-                    "push": {"platform": platform, "token": token},
-                })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["push"], "registered", "{body}");
-        let id = |key: &str| body[key].as_str().expect(key).parse().expect(key);
-        Credential {
-            user_id: id("user_id"),
-            device_id: id("device_id"),
-            token: body["token"].as_str().expect("token").to_owned(),
-        }
-    }
 }
 
 /// The platform payload inside an SNS JSON message, parsed, after checking
@@ -114,7 +82,7 @@ async fn each_device_token_becomes_its_own_platform_endpoint() {
     let api = Api::new(&server);
     let bob = server.register().await;
     api.set_token(&bob, "fcm", "bob-phone-fcm").await;
-    let _tablet = api.link(&bob, "apns", "bob-tablet-apns").await;
+    let _tablet = api.link_with_push(&bob, "apns", "bob-tablet-apns").await;
     let phone = moto.endpoint("bob-phone-fcm").await;
     let tablet = moto.endpoint("bob-tablet-apns").await;
     assert!(phone.arn.contains(":endpoint/GCM/"), "{phone:?}");
@@ -147,7 +115,7 @@ async fn a_burst_publishes_one_content_free_push_per_device() {
     let api = Api::new(&server);
     let (alice, bob) = (server.register().await, server.register().await);
     api.set_token(&bob, "fcm", "bob-phone").await;
-    let _tablet = api.link(&bob, "apns", "bob-tablet").await;
+    let _tablet = api.link_with_push(&bob, "apns", "bob-tablet").await;
     let mut alice_session = server.connect(&alice).await;
     until(&mut alice_session, common::is_empty_marker).await;
     send_acked(&mut alice_session, bob.user_id, 1, 50).await;

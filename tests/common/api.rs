@@ -67,6 +67,46 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Links a new device ("Tablet") to `primary`'s account, with a push
+    /// token registered at linking; its credential.
+    pub async fn link_with_push(
+        &self,
+        primary: &parley_client::Credential,
+        platform: &str,
+        token: &str,
+    ) -> parley_client::Credential {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/devices/link-code",
+                Some(&primary.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/devices/link",
+                None,
+                Some(serde_json::json!({
+                    "code": body["code"], "name": "Tablet",
+                    "push": {"platform": platform, "token": token},
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["push"], "registered", "{body}");
+        let id = |key: &str| body[key].as_str().expect(key).parse().expect(key);
+        parley_client::Credential {
+            user_id: id("user_id"),
+            device_id: id("device_id"),
+            token: body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+}
+
 /// The error code of an error answer (empty for any other).
 pub fn code_of(body: &serde_json::Value) -> String {
     body["error"]["code"]
