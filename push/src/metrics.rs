@@ -30,8 +30,9 @@ type Labels = [(&'static str, &'static str); 1];
 
 #[derive(Clone, Debug)]
 pub struct PushMetrics {
-    /// Wakeups the router reported (something queued for a device without
-    /// a session, or a session that left entries unacknowledged).
+    /// Wakeups the router reported: something queued for a device without
+    /// a session (at most one a second per device), or a session that
+    /// left entries unacknowledged.
     pub wakeups: Counter,
     /// Pushes the service accepted.
     pub sent: Counter,

@@ -943,42 +943,54 @@ pub async fn devices_without_a_session_are_reported_for_what_they_miss(b: &mut i
         !r.set_wakeups(std::sync::Arc::new(Reported::default())),
         "once"
     );
-    let (a, bo) = (User::new(1, 2), User::new(2, 2));
-    // Bob's phone is online, his laptop is not; Alice's laptop is not.
+    let (a, bo) = (User::new(1, 3), User::new(2, 2));
+    // Bob's phone is online, his laptop is not; Alice's three devices are.
     let mut phone = attach(&r, bo.device(0)).await;
     let mut alice = attach(&r, a.device(0)).await;
+    let laptop = attach(&r, a.device(1)).await;
+    let tablet = attach(&r, a.device(2)).await;
     assert_eq!(
         reported.take(),
-        [("connected", bo.device(0)), ("connected", a.device(0))]
+        [
+            ("connected", bo.device(0)),
+            ("connected", a.device(0)),
+            ("connected", a.device(1)),
+            ("connected", a.device(2)),
+        ]
     );
     let id = send(&r, &a, 0, &bo, 1, "hi").await.message_id;
-    let mut missed = reported.take();
-    missed.sort_by_key(|(_, d)| (d.user, d.device));
     assert_eq!(
-        missed,
-        [("missed", a.device(1)), ("missed", bo.device(1))],
-        "the devices without a session, each once"
+        reported.take(),
+        [("missed", bo.device(1))],
+        "only the device without a session"
     );
-    // The phone's DELIVERED receipt goes to Alice's devices: only the
-    // laptop without a session is reported.
+    // Alice's laptop leaves with the copy unacknowledged.
+    r.detach(a.device(1), laptop.id).await.expect("detach");
+    assert_eq!(reported.take(), [("disconnected", a.device(1))]);
+    // The phone's DELIVERED receipt goes to Alice's devices: the laptop,
+    // now without a session, is reported (the first thing it misses since
+    // its session ended always is).
     drain(&mut phone);
     r.ack_delivery(bo.device(0), &[id]).await.expect("ack");
     r.flush().await;
     assert_eq!(reported.take(), [("missed", a.device(1))]);
-    // A read on the phone: a READ receipt for Alice's laptop (reported),
-    // a read-sync for Bob's laptop (not: it is Bob's own doing).
+    // The tablet leaves too; a read on the phone: a READ receipt for the
+    // tablet (reported), a read-sync for Bob's laptop (never reported: it
+    // is Bob's own doing).
+    r.detach(a.device(2), tablet.id).await.expect("detach");
+    assert_eq!(reported.take(), [("disconnected", a.device(2))]);
     r.mark_read(
         bo.device(0),
         Read {
             sender: a.id,
-            sender_devices: a.all(),
+            sender_devices: Devices::new(vec![a.devices[0], a.devices[2]]),
             reader_devices: bo.all(),
             message_ids: vec![id],
         },
     )
     .await
     .expect("read");
-    assert_eq!(reported.take(), [("missed", a.device(1))]);
+    assert_eq!(reported.take(), [("missed", a.device(2))]);
     // Alice's phone leaves with its receipts unacknowledged; Bob's phone
     // leaves with nothing queued (not reported).
     let frames = drain(&mut alice);

@@ -11,8 +11,11 @@ use crate::Device;
 /// call back into the router). Every backend reports the same events.
 pub trait Wakeups: Send + Sync + std::fmt::Debug + 'static {
     /// A message or a receipt was queued for `device`, which has no live
-    /// session. (Read-syncs, which tell a device what its own user did
-    /// elsewhere, are not reported.)
+    /// session. Reported at most once a second per device (the first
+    /// thing missed after a session ends always is): a burst to an
+    /// offline phone is one report, not one per message. (Read-syncs,
+    /// which tell a device what its own user did elsewhere, are not
+    /// reported.)
     fn missed(&self, device: Device);
 
     /// A session of `device` became the live one: whatever was pending for

@@ -81,6 +81,22 @@ pub(crate) struct Mailbox {
     /// first message, so devices that only send carry none.
     inbound: Option<TokenBucket>,
     live: Option<Live>,
+    /// The second ([`wake_second`]) a wakeup was last reported for this
+    /// device while it had no session; 0: none since its last session.
+    /// Wakeups are reported at most once a second per device: a burst to
+    /// an offline phone costs the router one report, not one per message
+    /// (the push policy coalesces over longer windows anyway).
+    woke_in_second: u32,
+}
+
+/// Seconds since the first call, from 1: the clock of
+/// [`Mailbox::woke_in_second`].
+pub(crate) fn wake_second() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u32::try_from(start.elapsed().as_secs())
+        .unwrap_or(u32::MAX - 1)
+        .saturating_add(1)
 }
 
 impl Mailbox {
@@ -88,8 +104,19 @@ impl Mailbox {
     /// the front of the queue. Returns the session it displaced.
     pub(crate) fn attach(&mut self, live: Live, window: usize) -> Option<Live> {
         let old = self.live.replace(live);
+        self.woke_in_second = 0;
         self.pump(window);
         old
+    }
+
+    /// Whether a wakeup for this device (which has no session) is to be
+    /// reported in `second`: not if one was this second already.
+    pub(crate) fn wake_due(&mut self, second: u32) -> bool {
+        if self.woke_in_second == second {
+            return false;
+        }
+        self.woke_in_second = second;
+        true
     }
 
     /// Entries queued now (for a new session's queue-empty marker).
@@ -237,5 +264,23 @@ impl Mailbox {
     /// The id of the oldest queued entry.
     pub(crate) fn oldest(&self) -> Option<u64> {
         self.queue.front().map(|e| e.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wakeup_is_due_once_a_second_and_again_after_a_session() {
+        let mut mailbox = Mailbox::default();
+        assert!(mailbox.wake_due(7));
+        assert!(!mailbox.wake_due(7), "the same second");
+        assert!(mailbox.wake_due(8));
+        let (live, _attached) = Live::channel(SessionId(1), 8, 0);
+        mailbox.attach(live, 8);
+        mailbox.detach(SessionId(1));
+        assert!(mailbox.wake_due(8), "the first miss after a session");
+        assert!(wake_second() >= 1);
     }
 }

@@ -384,6 +384,7 @@ impl MemoryRouter {
         if wake
             && !mailbox.has_session()
             && let Some(wakeups) = self.wakeups()
+            && mailbox.wake_due(mailbox::wake_second())
         {
             wakeups.missed(device);
         }
