@@ -20,7 +20,8 @@
 # (default "off sns") may add `outbox`: the pusher's whole path with the
 # development sink instead of SNS (the server's own cost, without moto's),
 # and `down`: SNS unreachable (every push fails, after the SDK's retries).
-# MOTO_NICE=19 runs moto at the lowest CPU priority. Needs moto_server
+# MOTO_NICE=19 runs moto at the lowest CPU priority; PUSH_FLAGS adds server
+# flags to the push modes (e.g. PUSH_FLAGS="--push-concurrency 8"). Needs moto_server
 # (pip install 'moto[server]') and curl. About 5 minutes.
 # Everything is loopback; every run is bounded (--duration).
 set -euo pipefail
@@ -113,6 +114,8 @@ for round in $(seq 1 "$REPEATS"); do
         down) flags=(--push sns --push-fcm-arn "$APP" --sns-endpoint-url http://127.0.0.1:9 --push-window "$WINDOW") ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
         esac
+        # PUSH_FLAGS: more server flags for the push modes (e.g. --push-concurrency 8).
+        [ "$mode" != off ] && [ -n "${PUSH_FLAGS:-}" ] && read -ra more <<<"$PUSH_FLAGS" && flags+=("${more[@]}")
         start "$WORK/$name" "${flags[@]}"
         echo "== $name: chat --pairs 1000 --offline-partners --rate $RATE (push: ${flags[*]})"
         moto_before=$(cpu_ticks "$MOTO_PID")

@@ -394,3 +394,54 @@ async fn bad_tokens_and_disabled_push_get_their_documented_codes() {
     send_acked(&mut alice_session, bob.user_id, 1, 3).await;
     assert_eq!(server.metric("parley_push_wakeups_total").await, 0.0);
 }
+
+#[test]
+fn push_settings_are_checked_at_start() {
+    let run = |args: &[&str]| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_parley"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .args([
+                "--gateway-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("parley runs");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{said}");
+        said
+    };
+    let said = run(&["--push-fcm-arn", "arn:aws:sns:us-east-1:1:app/GCM/x"]);
+    assert!(
+        said.contains("--push-fcm-arn: applies only with --push sns"),
+        "{said}"
+    );
+    let said = run(&["--push", "sns"]);
+    assert!(
+        said.contains("--push: pushes through SNS need at least one platform application"),
+        "{said}"
+    );
+    let said = run(&[
+        "--push",
+        "sns",
+        "--push-apns-arn",
+        "arn:aws:sns:us-east-1:1:app/GCM/x",
+        "--push-window",
+        "0",
+        "--push-queue",
+        "0",
+    ]);
+    for problem in [
+        "--push-apns-arn: must be an SNS platform application ARN (arn:aws:sns:REGION:ACCOUNT:app/APNS/NAME)",
+        "--push-window: must be at least 1 seconds, not 0",
+        "--push-queue: must be at least 1",
+    ] {
+        assert!(said.contains(problem), "{problem:?} in {said}");
+    }
+}
