@@ -445,3 +445,44 @@ fn push_settings_are_checked_at_start() {
         assert!(said.contains(problem), "{problem:?} in {said}");
     }
 }
+
+#[tokio::test]
+async fn registering_tokens_over_http_is_rate_limited_per_account() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let bob = server.register().await;
+    // A burst of 10, then 10 a minute: the 11th at once is refused, with
+    // when to retry, and the token registered last stays.
+    for n in 0..10 {
+        let token = format!("token-{n}");
+        assert_eq!(api.set_push_token(&bob, "fcm", &token).await.0, 204, "{n}");
+    }
+    let (status, body) = api
+        .call(
+            reqwest::Method::PUT,
+            "/v1/devices/self/push-token",
+            Some(&bob.token),
+            Some(serde_json::json!({"platform": "fcm", "token": "token-10"})),
+        )
+        .await;
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (429, "RATE_LIMITED"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["retry_after"]
+            .as_u64()
+            .is_some_and(|s| s >= 1),
+        "{body}"
+    );
+    // Another account is not limited by Bob's.
+    let carol = server.register().await;
+    assert_eq!(api.set_push_token(&carol, "fcm", "carol").await.0, 204);
+    assert_eq!(
+        server
+            .metric(r#"parley_push_tokens_registered_total{platform="fcm"}"#)
+            .await,
+        11.0
+    );
+}

@@ -90,7 +90,7 @@ pub const ROUTES: [(&str, &[u16]); 9] = [
     ("/v1/users/{user_id}/devices", &[200, 401, 404, 500, 503]),
     (
         "/v1/devices/self/push-token",
-        &[204, 400, 401, 404, 413, 500, 502, 503],
+        &[204, 400, 401, 404, 413, 429, 500, 502, 503],
     ),
 ];
 
@@ -271,6 +271,10 @@ struct Inner {
     sms: Arc<dyn SmsSender>,
     events: Arc<dyn DeviceEvents>,
     lookup_limiter: UserRateLimiter,
+    /// Push token registrations per account (each may call the push
+    /// service): [`crate::push::TOKENS_BURST`], then
+    /// [`crate::push::TOKENS_PER_MINUTE`].
+    push_token_limiter: UserRateLimiter,
     codes_per_ip: IpRateLimiter,
     verifies_per_ip: IpRateLimiter,
     links_per_ip: IpRateLimiter,
@@ -352,6 +356,10 @@ impl RegistrationState {
                 sms,
                 events,
                 lookup_limiter,
+                push_token_limiter: UserRateLimiter::new(
+                    crate::push::TOKENS_BURST,
+                    crate::push::TOKENS_PER_MINUTE,
+                ),
                 codes_per_ip,
                 verifies_per_ip,
                 links_per_ip,
@@ -382,6 +390,14 @@ impl RegistrationState {
     /// uses it too).
     pub fn push(&self) -> &parley_push::Registrar {
         &self.inner.push
+    }
+
+    /// Spends one of `user`'s push token registrations.
+    pub(crate) fn check_push_token_rate(&self, user: crate::UserId) -> Result<(), AppError> {
+        self.inner
+            .push_token_limiter
+            .check(user)
+            .map_err(|retry_after| AppError::RateLimited { retry_after })
     }
 
     /// The authenticator the lookup route uses, for other parts of the

@@ -6,7 +6,8 @@
 //! - `DELETE /v1/devices/self/push-token` (bearer credential) → `204`
 //!
 //! A token can also come with registration and linking (`"push"` in their
-//! bodies) and over the session (`SetPushToken`).
+//! bodies) and over the session (`SetPushToken`). `PUT` is limited per
+//! account ([`TOKENS_BURST`], [`TOKENS_PER_MINUTE`]).
 
 use axum::extract::State;
 use http::StatusCode;
@@ -18,6 +19,13 @@ use crate::api::RegistrationState;
 use crate::error::AppError;
 use crate::extract::JsonBody;
 use crate::store::{self, AccountStore};
+
+/// Push token registrations one account may make over HTTP at once ...
+pub const TOKENS_BURST: u32 = 10;
+/// ... and per minute after that (an app registers its token at start,
+/// and when the OS gives it a new one). Each may call the push service.
+/// Past it: `429 RATE_LIMITED` with `Retry-After`.
+pub const TOKENS_PER_MINUTE: u32 = 10;
 
 /// A push token as the API takes it.
 #[derive(Debug, Deserialize)]
@@ -100,6 +108,7 @@ pub(crate) async fn set_push_token(
     JsonBody(body): JsonBody<PushTokenBody>,
 ) -> Result<StatusCode, AppError> {
     let platform = body.check()?;
+    state.check_push_token_rate(device.0.user)?;
     let device = Device::new(device.0.user, device.0.device);
     state
         .push()

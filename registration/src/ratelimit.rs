@@ -28,7 +28,7 @@ struct Bucket {
 /// A token bucket per user: `burst` requests at once, refilled at
 /// `per_minute`. Shared state behind a `std` mutex: every critical section
 /// is a hash-map lookup and some arithmetic, never an `.await`.
-/// A token bucket per user: contact lookups.
+/// A token bucket per user: contact lookups, push token registrations.
 pub type UserRateLimiter = KeyedRateLimiter<UserId>;
 
 /// A token bucket per client address: registration codes and verifications.
