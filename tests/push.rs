@@ -243,34 +243,25 @@ async fn a_token_comes_with_registration_and_over_the_session() {
     let registration = server.registration();
     registration.request_code(&phone).await.expect("code");
     let code = server.code_for(&phone);
-    // A bad token is refused before the code is spent.
-    let (status, body) = api
-        .call(
+    let verify = |platform: &'static str, token: &'static str| {
+        api.call(
             reqwest::Method::POST,
             "/v1/registration/verify",
             None,
             Some(serde_json::json!({
                 "phone": phone, "code": code,
-                "push": {"platform": "blackberry", "token": "t"},
+                "push": {"platform": platform, "token": token},
             })),
         )
-        .await;
+    };
+    // A bad token is refused before the code is spent.
+    let (status, body) = verify("blackberry", "t").await;
     assert_eq!(
         (status, code_of(&body).as_str()),
         (400, "INVALID_PUSH_TOKEN"),
         "{body}"
     );
-    let (status, body) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/registration/verify",
-            None,
-            Some(serde_json::json!({
-                "phone": phone, "code": code,
-                "push": {"platform": "apns_sandbox", "token": "dev-build-token"},
-            })),
-        )
-        .await;
+    let (status, body) = verify("apns_sandbox", "dev-build-token").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["push"], "registered");
     let bob = Credential {
@@ -397,26 +388,7 @@ async fn bad_tokens_and_disabled_push_get_their_documented_codes() {
 
 #[test]
 fn push_settings_are_checked_at_start() {
-    let run = |args: &[&str]| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_parley"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .args([
-                "--gateway-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .output()
-            .expect("parley runs");
-        let said = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert_eq!(output.status.code(), Some(2), "{said}");
-        said
-    };
+    let run = common::refused_at_start;
     let said = run(&["--push-fcm-arn", "arn:aws:sns:us-east-1:1:app/GCM/x"]);
     assert!(
         said.contains("--push-fcm-arn: applies only with --push sns"),

@@ -13,7 +13,6 @@ mod common;
 #[path = "common/moto.rs"]
 mod moto;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use common::{TestServer, sample};
@@ -165,46 +164,21 @@ async fn an_sns_that_cannot_be_reached_is_sms_failed_and_leaves_the_limits() {
 
 #[test]
 fn sns_settings_are_checked_at_start() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--sms-sender-id",
-            "Parley",
-            "--gateway-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .expect("parley runs");
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{said}");
+    let said = common::refused_at_start(&["--sms-sender-id", "Parley"]);
     assert!(
         said.contains("--sms-sender-id: applies only with --sms sns"),
         "{said}"
     );
-
-    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--sms",
-            "sns",
-            "--sms-sender-id",
-            "Parley Messenger",
-            "--sms-origination-number",
-            "555",
-            "--sns-endpoint-url",
-            "localhost:4566",
-        ])
-        .output()
-        .expect("parley runs");
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{said}");
+    let said = common::refused_at_start(&[
+        "--sms",
+        "sns",
+        "--sms-sender-id",
+        "Parley Messenger",
+        "--sms-origination-number",
+        "555",
+        "--sns-endpoint-url",
+        "localhost:4566",
+    ]);
     for problem in [
         "--sms-sender-id: must be 1 to 11 letters and digits",
         "--sms-origination-number: must be a phone number in E.164",

@@ -422,9 +422,6 @@ fn on_set_push_token<'a, R: Router>(
         Ok(v1::PushPlatform::Fcm) => Some(parley_push::Platform::Fcm),
         _ => None,
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let task = tokio::spawn(async move {
         if set.token.is_empty() {
             return push.clear(device).await.map(|_| ());
@@ -434,7 +431,7 @@ fn on_set_push_token<'a, R: Router>(
                 "platform must be APNS, APNS_SANDBOX or FCM".to_owned(),
             ));
         };
-        push.set(device, platform, &set.token, now_ms).await
+        push.set(device, platform, &set.token).await
     });
     Box::pin(async move {
         use parley_push::TokenError;

@@ -155,13 +155,13 @@ pub trait PushStore: Send + Sync + 'static {
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreFailed>>;
 
-    /// Makes `target` the device's (live), taking the token from any other
-    /// device that had it. `Ok(false)`: no such device (unlinked meanwhile).
+    /// Makes `target` the device's (live), now, taking the token from any
+    /// other device that had it. `Ok(false)`: no such device (unlinked
+    /// meanwhile).
     fn save<'a>(
         &'a self,
         device: Device,
         target: &'a Target,
-        now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreFailed>>;
 
     /// Forgets the device's token. `Ok(false)`: it had none.

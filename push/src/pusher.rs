@@ -375,7 +375,7 @@ impl parley_router::Wakeups for Pusher {
         }
     }
 
-    fn disconnected(&self, device: Device, _queued: usize) {
+    fn disconnected(&self, device: Device) {
         let now = Instant::now();
         let recorded = self.record(device, now + self.shared.config.delay, now);
         self.count(recorded);

@@ -83,7 +83,6 @@ impl Registrar {
         device: Device,
         platform: Platform,
         token: &str,
-        now_ms: i64,
     ) -> Result<(), TokenError> {
         if !valid_token(token) {
             return Err(TokenError::InvalidToken(format!(
@@ -115,12 +114,7 @@ impl Registrar {
             token: token.to_owned(),
             endpoint,
         };
-        if !self
-            .store
-            .save(device, &target, now_ms)
-            .await
-            .map_err(store)?
-        {
+        if !self.store.save(device, &target).await.map_err(store)? {
             return Err(TokenError::NoSuchDevice);
         }
         self.metrics

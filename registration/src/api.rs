@@ -57,6 +57,7 @@ use crate::events::{DeviceEvents, UnlinkReason};
 use crate::extract::JsonBody;
 use crate::link::{self, LinkCode};
 use crate::phone::is_e164;
+use crate::push::PushTokenBody;
 use crate::ratelimit::{IpRateLimiter, UserRateLimiter};
 use crate::sms::{SmsError, SmsSender};
 use crate::store::{
@@ -584,7 +585,7 @@ struct VerifyBody {
     phone: String,
     code: String,
     /// The new device's push token, registered once it exists.
-    push: Option<crate::push::PushTokenBody>,
+    push: Option<PushTokenBody>,
 }
 
 #[derive(Serialize)]
@@ -607,10 +608,7 @@ async fn verify(
         return Err(AppError::InvalidPhone);
     }
     // Before the code is spent: a token that cannot be registered.
-    let push = match body.push {
-        Some(push) => Some((push.check()?, push)),
-        None => None,
-    };
+    let push = body.push.map(PushTokenBody::checked).transpose()?;
     state.check_ip(&state.inner.verifies_per_ip, client, "verifies_per_ip")?;
     // Whatever was sent is hashed and compared: a malformed code is just a
     // wrong one, and costs an attempt like any other guess.
@@ -807,7 +805,7 @@ struct LinkBody {
     code: String,
     name: String,
     /// The new device's push token, registered once it is linked.
-    push: Option<crate::push::PushTokenBody>,
+    push: Option<PushTokenBody>,
 }
 
 /// A new device joins the account whose primary made `code`.
@@ -835,13 +833,11 @@ async fn link(
             )),
         ));
     }
-    let push = match body.push {
-        Some(push) => Some((
-            push.check().map_err(|e| refused("INVALID_PUSH_TOKEN", e))?,
-            push,
-        )),
-        None => None,
-    };
+    let push = body
+        .push
+        .map(PushTokenBody::checked)
+        .transpose()
+        .map_err(|e| refused("INVALID_PUSH_TOKEN", e))?;
     state.check_ip(&state.inner.links_per_ip, client, "links_per_ip")?;
     // What cannot be a code is refused like a wrong one: one answer for
     // every code that does not link.

@@ -35,26 +35,22 @@ pub struct PushTokenBody {
 }
 
 impl PushTokenBody {
-    /// The platform, or the documented refusal.
-    pub fn platform(&self) -> Result<Platform, AppError> {
-        Platform::parse(&self.platform).ok_or_else(|| {
+    /// Checks what can be checked before anything is spent (a code, a
+    /// link code): the platform and the token's form. The platform, and
+    /// the body.
+    pub fn checked(self) -> Result<(Platform, Self), AppError> {
+        let platform = Platform::parse(&self.platform).ok_or_else(|| {
             AppError::InvalidPushToken(
                 "platform must be \"apns\", \"apns_sandbox\" or \"fcm\"".to_owned(),
             )
-        })
-    }
-
-    /// Checks what can be checked before anything is spent (a code, a
-    /// link code): the platform and the token's form.
-    pub fn check(&self) -> Result<Platform, AppError> {
-        let platform = self.platform()?;
+        })?;
         if !parley_push::registrar::valid_token(&self.token) {
             return Err(AppError::InvalidPushToken(format!(
                 "token must be 1 to {} printable ASCII characters",
                 parley_push::registrar::MAX_TOKEN_BYTES
             )));
         }
-        Ok(platform)
+        Ok((platform, self))
     }
 }
 
@@ -83,20 +79,14 @@ impl RegistrationState {
         body: Option<(Platform, PushTokenBody)>,
     ) -> Option<&'static str> {
         let (platform, body) = body?;
-        Some(
-            match self
-                .push()
-                .set(device, platform, &body.token, store::now_millis())
-                .await
-            {
-                Ok(()) => "registered",
-                Err(error) => {
-                    let error = AppError::from(error);
-                    tracing::warn!(%error, "push token not registered with the new device");
-                    error.code()
-                }
-            },
-        )
+        Some(match self.push().set(device, platform, &body.token).await {
+            Ok(()) => "registered",
+            Err(error) => {
+                let error = AppError::from(error);
+                tracing::warn!(%error, "push token not registered with the new device");
+                error.code()
+            }
+        })
     }
 }
 
@@ -107,13 +97,10 @@ pub(crate) async fn set_push_token(
     device: BearerDevice,
     JsonBody(body): JsonBody<PushTokenBody>,
 ) -> Result<StatusCode, AppError> {
-    let platform = body.check()?;
+    let (platform, body) = body.checked()?;
     state.check_push_token_rate(device.0.user)?;
     let device = Device::new(device.0.user, device.0.device);
-    state
-        .push()
-        .set(device, platform, &body.token, store::now_millis())
-        .await?;
+    state.push().set(device, platform, &body.token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -154,10 +141,9 @@ impl PushStore for AccountStore {
         &'a self,
         device: Device,
         target: &'a Target,
-        now_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreFailed>> {
         Box::pin(async move {
-            self.save_push_target(device, target, now_ms)
+            self.save_push_target(device, target, store::now_millis())
                 .await
                 .map_err(failed)
         })

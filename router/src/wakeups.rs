@@ -22,8 +22,8 @@ pub trait Wakeups: Send + Sync + std::fmt::Debug + 'static {
     /// the device is moot, it is about to receive its queue.
     fn connected(&self, device: Device);
 
-    /// The live session of `device` ended with `queued` entries (delivered
-    /// but not acknowledged, or not yet delivered) still in its queue.
-    /// Not called when the queue was empty.
-    fn disconnected(&self, device: Device, queued: usize);
+    /// The live session of `device` ended with entries (delivered but not
+    /// acknowledged, or not yet delivered) still in its queue. Not called
+    /// when the queue was empty.
+    fn disconnected(&self, device: Device);
 }

@@ -709,3 +709,27 @@ pub async fn send_acked(session: &mut Session, to: u64, first_id: u64, count: u6
         }
     }
 }
+
+/// Starts `parley` with `args` (on ephemeral loopback ports and a data
+/// directory of its own) and expects it to refuse its configuration: exit
+/// status 2. What it said on stderr.
+pub fn refused_at_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args)
+        .args([
+            "--gateway-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("parley runs");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    said
+}

@@ -104,12 +104,7 @@ impl PushStore for Store {
     ) -> BoxFuture<'a, Result<Option<String>, StoreFailed>> {
         Box::pin(async { Ok(None) })
     }
-    fn save<'a>(
-        &'a self,
-        d: Device,
-        t: &'a Target,
-        _: i64,
-    ) -> BoxFuture<'a, Result<bool, StoreFailed>> {
+    fn save<'a>(&'a self, d: Device, t: &'a Target) -> BoxFuture<'a, Result<bool, StoreFailed>> {
         self.targets
             .lock()
             .expect("not poisoned")
@@ -245,8 +240,8 @@ async fn a_session_left_unacknowledged_pushes_after_the_delay_unless_it_reconnec
         Arc::new(Store::with(&[BOB, CAROL])),
     );
     let run = start(config(), &service, &store);
-    run.pusher.disconnected(BOB, 3);
-    run.pusher.disconnected(CAROL, 1);
+    run.pusher.disconnected(BOB);
+    run.pusher.disconnected(CAROL);
     settle().await;
     tokio::time::advance(Duration::from_secs(29)).await;
     settle().await;
@@ -358,7 +353,7 @@ async fn a_disabled_endpoint_kills_the_token_unless_it_was_replaced() {
     // one stays live. (Simulated by marking with the old target.)
     let old = target(CAROL, "t1");
     store
-        .save(CAROL, &target(CAROL, "t2"), 0)
+        .save(CAROL, &target(CAROL, "t2"))
         .await
         .expect("store");
     assert!(!store.mark_dead(CAROL, &old).await.expect("store"));

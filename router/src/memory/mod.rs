@@ -678,7 +678,7 @@ impl Router for MemoryRouter {
                 && mailbox.len() > 0
                 && let Some(wakeups) = self.wakeups()
             {
-                wakeups.disconnected(device, mailbox.len());
+                wakeups.disconnected(device);
             }
             if mailbox.is_idle() {
                 shard.remove(&device);
