@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Backend;
+use common::{Backend, open_store as open};
 use parley_identity::Device;
 use parley_push::{Platform, Target};
 use parley_registration::store::AccountStore;
@@ -17,14 +17,6 @@ on_every_backend!(
     a_token_dies_only_if_not_replaced_since,
     a_token_goes_with_its_device,
 );
-
-async fn open(backend: &Backend) -> (tempfile::TempDir, AccountStore) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = AccountStore::connect(&backend.url(dir.path()))
-        .await
-        .expect("connect");
-    (dir, store)
-}
 
 /// `n` fresh accounts' primary devices, and one linked device of the first.
 async fn devices(store: &AccountStore, n: usize) -> (Vec<Device>, Device) {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Backend;
+use common::{Backend, open_store as open};
 use parley_registration::code;
 use parley_registration::store::{AccountStore, CodeCheck, CodePolicy, CodeRequest, Registration};
 
@@ -38,14 +38,6 @@ on_every_backend!(
     prune_removes_old_rows,
     provisioning_creates_and_reregisters_accounts,
 );
-
-async fn open(backend: &Backend) -> (tempfile::TempDir, AccountStore) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = AccountStore::connect(&backend.url(dir.path()))
-        .await
-        .expect("connect");
-    (dir, store)
-}
 
 async fn request(store: &AccountStore, phone: &str, code: &str, now: i64) -> CodeRequest {
     store

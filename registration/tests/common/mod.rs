@@ -415,3 +415,13 @@ pub fn other_code(code: &str) -> String {
     let n: u32 = code.parse().expect("digits");
     format!("{:06}", (n + 1) % 1_000_000)
 }
+
+/// A fresh account store on `backend`, and the directory it lives in
+/// (keep it for the test's length).
+pub async fn open_store(backend: &Backend) -> (tempfile::TempDir, AccountStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = AccountStore::connect(&backend.url(dir.path()))
+        .await
+        .expect("connect");
+    (dir, store)
+}
