@@ -160,18 +160,6 @@ fn remember(dir: &ProfileDir, change: impl FnOnce(&mut KnownDevices)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Endpoints;
-    use std::path::{Path, PathBuf};
-
-    fn explain() -> Explain {
-        let dir = ProfileDir::named_in(Path::new("/cfg"), "alice").expect("name");
-        let endpoints = Endpoints {
-            http: "https://127.0.0.1:8443".into(),
-            ws: "wss://127.0.0.1:5443/v1/ws".into(),
-            ca: PathBuf::from("/d/tls/cert.pem"),
-        };
-        Explain::new(&dir, Some("+15550001111"), &endpoints, true)
-    }
 
     fn api(status: u16, code: &str) -> ClientError {
         ClientError::Api {
@@ -185,7 +173,7 @@ mod tests {
 
     #[test]
     fn unlink_errors_say_what_to_do() {
-        let e = explain();
+        let e = crate::cli::explain::for_tests();
         let text = |err| unlink_failed(err, 11, 12, &e).to_string();
         let forbidden = text(api(403, "FORBIDDEN"));
         assert!(

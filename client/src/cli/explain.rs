@@ -370,6 +370,19 @@ pub(crate) fn human_secs(secs: u64) -> String {
     }
 }
 
+/// Alice's profile (`+15550001111`) on the default endpoints: what the
+/// commands' tests explain with.
+#[cfg(test)]
+pub(crate) fn for_tests() -> Explain {
+    let dir = ProfileDir::named_in(std::path::Path::new("/cfg"), "alice").expect("name");
+    let endpoints = Endpoints {
+        http: crate::DEFAULT_HTTP.into(),
+        ws: crate::DEFAULT_WS.into(),
+        ca: PathBuf::from("/d/tls/cert.pem"),
+    };
+    Explain::new(&dir, Some("+15550001111"), &endpoints, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -289,16 +289,6 @@ mod tests {
         }
     }
 
-    fn explain() -> Explain {
-        let dir = ProfileDir::named_in(Path::new("/cfg"), "alice").expect("name");
-        let endpoints = Endpoints {
-            http: DEFAULT_HTTP.into(),
-            ws: DEFAULT_WS.into(),
-            ca: PathBuf::from("/d/tls/cert.pem"),
-        };
-        Explain::new(&dir, Some("+15550001111"), &endpoints, true)
-    }
-
     #[test]
     fn the_suggested_profile_is_free() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -350,7 +340,7 @@ mod tests {
 
     #[test]
     fn link_errors_say_what_to_do() {
-        let e = explain();
+        let e = crate::cli::explain::for_tests();
         let primary_only = link_failed(api(403, "PRIMARY_ONLY", None), &e).to_string();
         assert!(primary_only.contains("primary's profile"), "{primary_only}");
         let limit = link_failed(api(409, "DEVICE_LIMIT", None), &e).to_string();

@@ -88,18 +88,6 @@ fn arn_flag(platform: PushPlatform) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Endpoints;
-    use std::path::{Path, PathBuf};
-
-    fn explain() -> Explain {
-        let dir = ProfileDir::named_in(Path::new("/cfg"), "alice").expect("name");
-        let endpoints = Endpoints {
-            http: "https://127.0.0.1:8443".into(),
-            ws: "wss://127.0.0.1:5443/v1/ws".into(),
-            ca: PathBuf::from("/d/tls/cert.pem"),
-        };
-        Explain::new(&dir, Some("+15550001111"), &endpoints, true)
-    }
 
     fn api(status: u16, code: &str, message: &str) -> ClientError {
         ClientError::Api {
@@ -113,7 +101,7 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_do() {
-        let e = explain();
+        let e = crate::cli::explain::for_tests();
         let text = |err| set_failed(err, PushPlatform::ApnsSandbox, &e).to_string();
         let invalid = text(api(
             400,
@@ -142,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_device_gone_meanwhile_reads_as_a_revoked_credential() {
-        let e = explain();
+        let e = crate::cli::explain::for_tests();
         let gone = set_failed(api(404, "NO_SUCH_DEVICE", "m"), PushPlatform::Fcm, &e);
         let revoked = e.text(&api(401, "TOKEN_REVOKED", "m"));
         assert_eq!(gone.to_string(), revoked);
@@ -154,7 +142,7 @@ mod tests {
 
     #[test]
     fn other_errors_are_explained_as_everywhere() {
-        let e = explain();
+        let e = crate::cli::explain::for_tests();
         let unreachable = || ClientError::Unreachable {
             url: "https://127.0.0.1:8443".into(),
             reason: "connection refused".into(),
