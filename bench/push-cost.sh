@@ -34,20 +34,15 @@ MODES=${MODES:-off sns}
 MOTO_PORT=${MOTO_PORT:-5907}
 MOTO=http://127.0.0.1:$MOTO_PORT
 WORK=$(mktemp -d /tmp/parley-push-cost.XXXXXX)
-PID=""
 MOTO_PID=""
+PARLEY=$BIN/parley
+# shellcheck source=server.sh
+source "$(dirname "$0")/server.sh"
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_SNS
 
-stop() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
 cleanup() {
-    stop
+    stop_server
     if [ -n "$MOTO_PID" ]; then
         kill "$MOTO_PID" 2>/dev/null || true
         wait "$MOTO_PID" 2>/dev/null || true
@@ -69,25 +64,12 @@ APP=$(curl -sf "$MOTO/" -H 'Authorization: AWS4-HMAC-SHA256 Credential=bench/202
     sed -n 's:.*<PlatformApplicationArn>\(.*\)</PlatformApplicationArn>.*:\1:p')
 [ -n "$APP" ] || { echo "moto made no platform application" >&2; exit 1; }
 
-start() { # DATA_DIR [extra flags]
-    local data=$1
-    shift
-    "$BIN/parley" --data-dir "$data" --gateway-addr 127.0.0.1:5443 \
-        --http-addr 127.0.0.1:8443 --admin-addr 127.0.0.1:9090 \
-        --messages-per-second 100000 --messages-burst 100000 \
-        --frames-per-second 100000 --frames-burst 100000 "$@" >"$data.out" 2>"$data.err" &
-    PID=$!
-    for _ in $(seq 1 120); do grep -q "parley ready" "$data.out" 2>/dev/null && return 0; sleep 0.5; done
-    echo "parley did not start:" >&2
-    cat "$data.err" >&2
-    exit 1
-}
 SNS=(--push sns --push-fcm-arn "$APP" --sns-endpoint-url "$MOTO" --push-window "$WINDOW")
 
 # The template: users, and a token for each (an SNS endpoint in moto).
 T=$WORK/template
 "$BIN/parley" --data-dir "$T" provision --count 2000 --out "$T/bench-users.jsonl" >/dev/null
-start "$T" "${SNS[@]}"
+start_server "$T" "${SNS[@]}"
 n=0
 while read -r token; do
     n=$((n + 1))
@@ -96,7 +78,7 @@ while read -r token; do
         -d "{\"platform\":\"fcm\",\"token\":\"bench-token-$n\"}" || { echo "token $n refused" >&2; exit 1; }
 done < <(sed -n 's/.*"token":"\([^"]*\)".*/\1/p' "$T/bench-users.jsonl")
 echo "registered $n push tokens"
-stop
+stop_server
 
 metric() { curl -s http://127.0.0.1:9090/metrics | awk -v k="$1" '$1 == k { print $2 }'; }
 # A process's CPU time so far, in ticks of 1/100 s (utime + stime).
@@ -116,7 +98,7 @@ for round in $(seq 1 "$REPEATS"); do
         esac
         # PUSH_FLAGS: more server flags for the push modes (e.g. --push-concurrency 8).
         [ "$mode" != off ] && [ -n "${PUSH_FLAGS:-}" ] && read -ra more <<<"$PUSH_FLAGS" && flags+=("${more[@]}")
-        start "$WORK/$name" "${flags[@]}"
+        start_server "$WORK/$name" "${flags[@]}"
         echo "== $name: chat --pairs 1000 --offline-partners --rate $RATE (push: ${flags[*]})"
         moto_before=$(cpu_ticks "$MOTO_PID")
         "$BIN/parley-bench" chat --data-dir "$WORK/$name" --server-pid "$PID" --out "$OUT/$name" \
@@ -126,7 +108,7 @@ for round in $(seq 1 "$REPEATS"); do
             "coalesced $(metric parley_push_coalesced_total) dropped $(metric parley_push_dropped_total)" \
             "pending $(metric parley_push_pending); moto CPU $(( (moto_after - moto_before) * 10 )) ms" |
             tee "$OUT/$name.push"
-        stop
+        stop_server
     done
 done
 echo "results in $OUT"
