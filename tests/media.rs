@@ -4,6 +4,9 @@
 mod common;
 #[path = "common/media.rs"]
 mod media;
+// common/media.rs reads moto's S3 listing with its plain HTTP client.
+#[path = "common/moto.rs"]
+mod moto;
 
 use media::Backend;
 

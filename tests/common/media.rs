@@ -51,19 +51,40 @@ impl Backend {
         TestServer::start_with(&args)
     }
 
-    /// Every key the store holds for `server`.
+    /// Every key the store holds for `server` (below the prefix), sorted.
     pub async fn keys(&self, server: &TestServer) -> Vec<String> {
-        let storage = match self {
-            Backend::Local => parley_media::Storage::local(&server.data_dir.path().join("media")),
-            Backend::S3 { url, bucket } => parley_media::Storage::s3(&parley_media::S3Settings {
-                bucket: bucket.clone(),
-                prefix: Some("parley/".into()),
-                region: Some("us-east-1".into()),
-                endpoint_url: Some(url.clone()),
-            }),
+        match self {
+            Backend::Local => parley_media::Storage::local(&server.data_dir.path().join("media"))
+                .expect("a view of the media directory")
+                .keys()
+                .await
+                .expect("the media directory's files"),
+            // S3's own ListObjectsV2 (the test process has no AWS
+            // configuration of its own; moto checks no signature).
+            Backend::S3 { url, bucket } => {
+                let listing = crate::moto::plain_http()
+                    .get(format!("{url}/{bucket}?list-type=2&prefix=parley/"))
+                    .header(
+                        "authorization",
+                        "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+                         SignedHeaders=host, Signature=0",
+                    )
+                    .send()
+                    .await
+                    .expect("moto answers")
+                    .text()
+                    .await
+                    .expect("a listing");
+                let mut keys: Vec<String> = listing
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|rest| rest.split_once("</Key>"))
+                    .map(|(key, _)| key.trim_start_matches("parley/").to_owned())
+                    .collect();
+                keys.sort();
+                keys
+            }
         }
-        .expect("a view of the store");
-        storage.keys().await.expect("the store's keys")
     }
 }
 
@@ -264,7 +285,10 @@ pub async fn tus_upload_and_ranged_download(backend: &Backend) {
     let url = media["url"].as_str().expect("a url").to_owned();
     assert_eq!(
         url,
-        format!("/v1/media/{}", media["media_id"].as_str().expect("a string in the JSON"))
+        format!(
+            "/v1/media/{}",
+            media["media_id"].as_str().expect("a string in the JSON")
+        )
     );
 
     // Anyone authenticated may download by id.
@@ -348,7 +372,9 @@ pub async fn one_request_upload(backend: &Backend) {
     let media = answer.json();
     assert_eq!(media["sha256"], sha256_hex(&file));
     assert_eq!(answer.header("location"), media["url"].as_str());
-    let got = alice.get(media["url"].as_str().expect("a string in the JSON"), None).await;
+    let got = alice
+        .get(media["url"].as_str().expect("a string in the JSON"), None)
+        .await;
     assert_eq!(got.header("content-type"), Some("image/jpeg"));
     assert!(got.body == file);
 
@@ -357,7 +383,12 @@ pub async fn one_request_upload(backend: &Backend) {
     assert_eq!(empty.json()["size"], 0);
     assert_eq!(empty.json()["content_type"], "application/octet-stream");
     assert_eq!(empty.json()["sha256"], sha256_hex(b""));
-    let got = alice.get(empty.json()["url"].as_str().expect("a string in the JSON"), None).await;
+    let got = alice
+        .get(
+            empty.json()["url"].as_str().expect("a string in the JSON"),
+            None,
+        )
+        .await;
     assert_eq!((got.status, got.body.len()), (StatusCode::OK, 0));
     // Two media, two manifests: no upload left behind.
     assert_eq!(backend.keys(&server).await.len(), 4);
@@ -631,7 +662,9 @@ pub async fn upload_resumes_after_a_restart(backend: &Backend) {
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     let media = alice.finished(&upload).await;
     assert_eq!(media["sha256"], sha256_hex(&file));
-    let got = alice.get(media["url"].as_str().expect("a string in the JSON"), None).await;
+    let got = alice
+        .get(media["url"].as_str().expect("a string in the JSON"), None)
+        .await;
     assert!(got.body == file);
 }
 
@@ -788,7 +821,10 @@ pub async fn concurrent_uploads_are_bounded(backend: &Backend) {
     assert_eq!(refused.code(), "TOO_MANY_UPLOADS");
     assert!(refused.header("retry-after").is_some());
     let _ = done_tx.send(());
-    assert_eq!(slow.await.expect("the slow PATCH task").expect("an answer"), StatusCode::NO_CONTENT);
+    assert_eq!(
+        slow.await.expect("the slow PATCH task").expect("an answer"),
+        StatusCode::NO_CONTENT
+    );
     // Its slot is free again.
     assert_eq!(
         alice.patch(&second, 0, vec![0u8; 1000]).await.status,
