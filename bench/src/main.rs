@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use parley_bench::scenario::{self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, OfflineArgs};
+use parley_bench::scenario::{
+    self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, MediaArgs, OfflineArgs,
+};
 
 /// Parley's load generator. Every scenario is bounded in time and count,
 /// talks to loopback only, and writes a result JSON, a summary and an SVG.
@@ -28,6 +30,9 @@ enum Command {
     Offline(OfflineArgs),
     /// The same loads against the built-in echo server: the machine's floor.
     Floor(FloorArgs),
+    /// One large file up (tus) and down over TLS: MB/s, the server's peak
+    /// memory and CPU per MiB, beside a bare copy of the file.
+    Media(MediaArgs),
     /// Run the bare TLS + WebSocket echo server.
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             .map(drop),
         Command::Offline(a) => current_thread()?.block_on(scenario::offline(a)).map(drop),
         Command::Floor(a) => current_thread()?.block_on(scenario::floor(a)).map(drop),
+        Command::Media(a) => current_thread()?.block_on(scenario::media(a)).map(drop),
     }
 }
 

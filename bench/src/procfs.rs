@@ -10,6 +10,21 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
 }
 
+/// `VmHWM` of process `pid` (its peak resident memory since it started,
+/// or since [`reset_peak_rss`]), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_kib(&status, "VmHWM:").with_context(|| format!("no VmHWM in {path}"))
+}
+
+/// Resets process `pid`'s `VmHWM` to its current resident memory (Linux:
+/// `5` into `/proc/<pid>/clear_refs`; needs the right to trace it).
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").with_context(|| format!("cannot write {path}"))
+}
+
 /// User and system CPU time of process `pid` so far, in seconds.
 pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
@@ -35,7 +50,12 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    parse_kib(status, "VmRSS:")
+}
+
+/// The `field` line of `status` (`VmRSS:  1234 kB`), in bytes.
+fn parse_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -18,6 +18,9 @@ use crate::stats::{Latency, Report};
 use crate::users;
 use crate::worker::{Fleet, Job, MAX_SESSIONS_PER_WORKER, Spec, split};
 
+mod media;
+pub use media::{MediaArgs, media};
+
 /// Longest measured phase any scenario accepts, in seconds.
 const MAX_SECS: f64 = 3600.0;
 /// Most sessions a run opens (fanned out over workers).

@@ -57,7 +57,10 @@ fn the_rule_deletes_nothing_the_server_still_serves() {
         .find(|r| r["Filter"]["Prefix"] == "uploads/")
         .expect("a rule expiring uploads/");
     let upload_days = uploads["Expiration"]["Days"].as_u64().expect("days");
-    assert!(upload_days > days(config.upload_ttl), "uploads/ after {upload_days} days");
+    assert!(
+        upload_days > days(config.upload_ttl),
+        "uploads/ after {upload_days} days"
+    );
     // Unfinished multipart uploads write to media/<id>: their parts are
     // not objects, so only this rule removes the ones nobody aborted.
     let abort = rule(&rules, "AbortIncompleteMultipartUpload");
@@ -65,5 +68,8 @@ fn the_rule_deletes_nothing_the_server_still_serves() {
     let abort_days = abort["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
         .as_u64()
         .expect("days");
-    assert!(abort_days > days(config.upload_ttl), "aborts after {abort_days} days");
+    assert!(
+        abort_days > days(config.upload_ttl),
+        "aborts after {abort_days} days"
+    );
 }
