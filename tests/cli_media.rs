@@ -599,6 +599,14 @@ async fn an_upload_cut_mid_patch_resumes_from_the_servers_offset() {
     let (people, file, bob, relay, _upload, offset) = interrupted_upload(&server).await;
     relay.unlimited();
     resume_and_check(&server, &people, &relay, &file, &bob, offset).await;
+    // The server's own count: a second run that started again from 0 would
+    // have sent the whole file again on top of what the first run left.
+    let size = file.len() as f64;
+    let received = server.metric("parley_media_received_bytes_total").await;
+    assert!(
+        received >= size && received < size + offset as f64,
+        "the server received {received} upload bytes for a {size}-byte file it had {offset} of"
+    );
 }
 
 /// Issue 11: the server killed (kill -9) and restarted after the cut: the
