@@ -164,12 +164,25 @@ impl Metrics {
         push.register(self.registry.sub_registry_with_prefix("push"));
     }
 
+    /// The media service's families, and its routes' series (as
+    /// [`Metrics::add_registration`] does for registration's).
+    pub fn add_media(&mut self, media: &parley_media::MediaMetrics) {
+        media.register(self.registry.sub_registry_with_prefix("media"));
+        self.add_routes(&parley_media::ROUTES);
+    }
+
     pub fn add_registration(&mut self, registration: &RegistrationMetrics) {
         registration.register(self.registry.sub_registry_with_prefix("registration"));
-        for (route, statuses) in parley_registration::api::ROUTES {
+        self.add_routes(&parley_registration::api::ROUTES);
+    }
+
+    /// Makes every `(route, status)` series of `routes` exist (at 0), with
+    /// a latency histogram for each route's first (success) status.
+    fn add_routes(&mut self, routes: &[(&str, &[u16])]) {
+        for (route, statuses) in routes {
             for (at, &status) in statuses.iter().enumerate() {
                 let labels = RouteLabels {
-                    route: route.to_owned(),
+                    route: (*route).to_owned(),
                     status,
                 };
                 let _ = self.http.requests.get_or_create(&labels);

@@ -149,6 +149,30 @@ pub enum PushProvider {
     Sns,
 }
 
+/// Where media are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStoreKind {
+    /// A directory on this server's disk.
+    #[default]
+    Local,
+    /// An S3 bucket (docs/operations.md "Media").
+    S3,
+}
+
+/// The media storage and the media service's limits.
+#[derive(Clone, Debug)]
+pub struct MediaSetup {
+    pub store: MediaStore,
+    pub config: parley_media::MediaConfig,
+}
+
+#[derive(Clone, Debug)]
+pub enum MediaStore {
+    Local(PathBuf),
+    S3(parley_media::S3Settings),
+}
+
 /// The push service the node is built with, and the pusher's policy.
 #[derive(Clone, Debug)]
 pub struct PushSetup {
@@ -465,6 +489,70 @@ pub struct Settings {
     /// failed. [default: 5]
     #[arg(long, env = "PARLEY_PUSH_TIMEOUT", value_name = "SECS")]
     pub push_timeout: Option<u64>,
+
+    /// Where media (photos, voice notes, video) are stored: `local` (the
+    /// media directory) or `s3` (an S3 bucket; credentials from the standard
+    /// AWS configuration). [default: local]
+    #[arg(long, env = "PARLEY_MEDIA_STORE", value_enum)]
+    pub media_store: Option<MediaStoreKind>,
+
+    /// With `--media-store local`: the media directory.
+    /// [default: <data-dir>/media]
+    #[arg(long, env = "PARLEY_MEDIA_DIR", value_name = "DIR")]
+    pub media_dir: Option<PathBuf>,
+
+    /// With `--media-store s3`: the bucket.
+    #[arg(long, env = "PARLEY_MEDIA_S3_BUCKET", value_name = "NAME")]
+    pub media_s3_bucket: Option<String>,
+
+    /// With `--media-store s3`: a prefix for every key (e.g. `parley/`).
+    #[arg(long, env = "PARLEY_MEDIA_S3_PREFIX", value_name = "PREFIX")]
+    pub media_s3_prefix: Option<String>,
+
+    /// With `--media-store s3`: the bucket's region [default: AWS_REGION,
+    /// else us-east-1].
+    #[arg(long, env = "PARLEY_MEDIA_S3_REGION", value_name = "REGION")]
+    pub media_s3_region: Option<String>,
+
+    /// With `--media-store s3`: an S3-compatible endpoint instead of AWS's,
+    /// addressed path-style (AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL work too).
+    #[arg(long, env = "PARLEY_MEDIA_S3_ENDPOINT_URL", value_name = "URL")]
+    pub media_s3_endpoint_url: Option<String>,
+
+    /// Largest media file in MiB; larger uploads answer 413. [default: 100]
+    #[arg(long, env = "PARLEY_MEDIA_MAX_MIB", value_name = "MIB")]
+    pub media_max_mib: Option<u64>,
+
+    /// Seconds media are kept after their upload completes.
+    /// [default: 2592000, 30 days]
+    #[arg(long, env = "PARLEY_MEDIA_TTL", value_name = "SECS")]
+    pub media_ttl: Option<u64>,
+
+    /// Seconds an upload may take from its creation to its last byte.
+    /// [default: 86400, 24 hours]
+    #[arg(long, env = "PARLEY_MEDIA_UPLOAD_TTL", value_name = "SECS")]
+    pub media_upload_ttl: Option<u64>,
+
+    /// Uploads a user may start per hour. [default: 100]
+    #[arg(long, env = "PARLEY_MEDIA_UPLOADS_PER_HOUR", value_name = "N")]
+    pub media_uploads_per_hour: Option<u32>,
+
+    /// MiB a user may upload per day. [default: 2048]
+    #[arg(long, env = "PARLEY_MEDIA_MIB_PER_DAY", value_name = "MIB")]
+    pub media_mib_per_day: Option<u64>,
+
+    /// Uploads one user may send bytes to at once. [default: 4]
+    #[arg(long, env = "PARLEY_MEDIA_UPLOADS_PER_USER", value_name = "N")]
+    pub media_uploads_per_user: Option<usize>,
+
+    /// Uploads receiving bytes at once, in all. [default: 64]
+    #[arg(long, env = "PARLEY_MEDIA_UPLOADS", value_name = "N")]
+    pub media_uploads: Option<usize>,
+
+    /// Seconds between sweeps that remove expired media and unfinished
+    /// uploads from the store. [default: 3600]
+    #[arg(long, env = "PARLEY_MEDIA_SWEEP_EVERY", value_name = "SECS")]
+    pub media_sweep_every: Option<u64>,
 }
 
 impl Settings {
@@ -525,6 +613,8 @@ pub struct Config {
     pub sms: SmsConfig,
     /// How devices without a session are woken.
     pub push: PushSetup,
+    /// Where media go, and their limits.
+    pub media: MediaSetup,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -583,6 +673,7 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("parley-data"));
         let sms = sms_config(&s, &data_dir, &name, &mut problems);
         let push = push_config(&s, &data_dir, &name, &mut problems);
+        let media = media_config(&s, &data_dir, &name, &mut problems);
         if let Some(url) = &s.sns_endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -907,8 +998,123 @@ impl Config {
             backup_dir,
             sms,
             push,
+            media,
         })
     }
+}
+
+/// The media storage and limits of `s`, checked.
+fn media_config(
+    s: &Settings,
+    data_dir: &Path,
+    name: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) -> MediaSetup {
+    let defaults = parley_media::MediaConfig::default();
+    let mib = 1024 * 1024;
+    let mut at_least_1 = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(format!("{}: must be at least 1", name(key)));
+            default
+        }
+        value => value.unwrap_or(default),
+    };
+    let seconds = |secs: u64| Duration::from_secs(secs);
+    let config = parley_media::MediaConfig {
+        max_size: at_least_1("media_max_mib", s.media_max_mib, defaults.max_size / mib)
+            .saturating_mul(mib),
+        media_ttl: seconds(at_least_1(
+            "media_ttl",
+            s.media_ttl,
+            defaults.media_ttl.as_secs(),
+        )),
+        upload_ttl: seconds(at_least_1(
+            "media_upload_ttl",
+            s.media_upload_ttl,
+            defaults.upload_ttl.as_secs(),
+        )),
+        uploads_per_hour: u32::try_from(at_least_1(
+            "media_uploads_per_hour",
+            s.media_uploads_per_hour.map(u64::from),
+            u64::from(defaults.uploads_per_hour),
+        ))
+        .unwrap_or(u32::MAX),
+        bytes_per_day: at_least_1(
+            "media_mib_per_day",
+            s.media_mib_per_day,
+            defaults.bytes_per_day / mib,
+        )
+        .saturating_mul(mib),
+        concurrent_per_user: at_least_1(
+            "media_uploads_per_user",
+            s.media_uploads_per_user.map(|n| n as u64),
+            defaults.concurrent_per_user as u64,
+        ) as usize,
+        concurrent: at_least_1(
+            "media_uploads",
+            s.media_uploads.map(|n| n as u64),
+            defaults.concurrent as u64,
+        ) as usize,
+        sweep_every: seconds(at_least_1(
+            "media_sweep_every",
+            s.media_sweep_every,
+            defaults.sweep_every.as_secs(),
+        )),
+    };
+    let s3_keys = [
+        ("media_s3_bucket", s.media_s3_bucket.is_some()),
+        ("media_s3_prefix", s.media_s3_prefix.is_some()),
+        ("media_s3_region", s.media_s3_region.is_some()),
+        ("media_s3_endpoint_url", s.media_s3_endpoint_url.is_some()),
+    ];
+    let store = match s.media_store.unwrap_or_default() {
+        MediaStoreKind::Local => {
+            for (key, set) in s3_keys {
+                if set {
+                    problems.push(format!(
+                        "{}: applies only with --media-store s3 (PARLEY_MEDIA_STORE=s3)",
+                        name(key)
+                    ));
+                }
+            }
+            MediaStore::Local(
+                s.media_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("media")),
+            )
+        }
+        MediaStoreKind::S3 => {
+            if s.media_dir.is_some() {
+                problems.push(format!(
+                    "{}: applies only with --media-store local",
+                    name("media_dir")
+                ));
+            }
+            let bucket = s.media_s3_bucket.clone().unwrap_or_default();
+            if bucket.is_empty() {
+                problems.push(format!(
+                    "{}: media in S3 need a bucket: set {}",
+                    name("media_store"),
+                    name("media_s3_bucket")
+                ));
+            }
+            if let Some(url) = &s.media_s3_endpoint_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "{}: must be an http:// or https:// URL, not {url:?}",
+                    name("media_s3_endpoint_url")
+                ));
+            }
+            MediaStore::S3(parley_media::S3Settings {
+                bucket,
+                prefix: s.media_s3_prefix.clone(),
+                region: s.media_s3_region.clone(),
+                endpoint_url: s.media_s3_endpoint_url.clone(),
+            })
+        }
+    };
+    MediaSetup { store, config }
 }
 
 /// The push service and policy of `s`, their settings checked.

@@ -355,14 +355,34 @@ pub async fn run(
     let registration_metrics = registration.metrics().clone();
     let sweeper = registration.clone();
     metrics.add_registration(&registration_metrics);
+    // One checker of device credentials for the gateway and the media
+    // routes (registration's state holds its own, over the same keys).
+    let authenticator = Authenticator::new(keys.clone(), store.clone());
+    // Media: the storage, the service, and its routes beside registration's.
+    let storage = match &config.media.store {
+        config::MediaStore::Local(dir) => parley_media::Storage::local(dir)
+            .with_context(|| format!("media directory {}", dir.display()))?,
+        config::MediaStore::S3(settings) => parley_media::Storage::s3(settings)
+            .with_context(|| format!("media in S3 bucket {:?}", settings.bucket))?,
+    };
+    let media_metrics = parley_media::MediaMetrics::default();
+    metrics.add_media(&media_metrics);
+    let media = parley_media::Media::new(storage, config.media.config.clone(), media_metrics);
     let metrics = Arc::new(metrics);
-    let app = parley_registration::router(registration).route_layer(
-        axum::middleware::from_fn_with_state(metrics.http.clone(), admin::count_requests),
-    );
+    let media_routes = parley_media::router(parley_media::MediaState {
+        media: media.clone(),
+        authenticator: authenticator.clone(),
+    });
+    let app = parley_registration::router(registration)
+        .merge(media_routes)
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics.http.clone(),
+            admin::count_requests,
+        ));
     let store_for_backups = store.clone();
     let gateway = Gateway::new(
         router.clone(),
-        Authenticator::new(keys, store.clone()),
+        authenticator,
         directory,
         config.gateway.clone(),
         metrics.gateway.clone(),
@@ -417,6 +437,7 @@ pub async fn run(
     ));
     let reload_task = tokio::spawn(reload_on_hangup(certificate, stopped(stop_rx.clone())));
     let sweep_task = tokio::spawn(sweep_inactive_devices(sweeper, stopped(stop_rx.clone())));
+    let media_sweep_task = tokio::spawn(parley_media::sweep(media, stopped(stop_rx.clone())));
     let push_task = pusher.map(|(pusher, service)| {
         tokio::spawn(pusher.run(service, Arc::new(store.clone()), stopped(stop_rx.clone())))
     });
@@ -454,6 +475,7 @@ pub async fn run(
     tick.context("metrics task")?;
     reload.context("certificate reload task")?;
     sweep.context("inactive-device sweep task")?;
+    media_sweep_task.await.context("media sweep task")?;
     if let Some(push) = push_task {
         push.await.context("push task")?;
     }

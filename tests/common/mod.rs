@@ -109,6 +109,7 @@ impl Process {
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_SNS")
+            .env_remove("AWS_ENDPOINT_URL_S3")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

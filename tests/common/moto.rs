@@ -107,6 +107,26 @@ pub fn free_port() -> u16 {
 }
 
 impl Moto {
+    /// Creates S3 bucket `name` (moto tells its services apart by the
+    /// service an Authorization header names; it checks no signature).
+    pub async fn create_bucket(&self, name: &str) {
+        let response = plain_http()
+            .put(format!("{}/{name}", self.url))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+            .send()
+            .await
+            .expect("moto answers");
+        assert!(
+            response.status().is_success(),
+            "bucket {name}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
     /// Ends moto now (SNS "goes away"); dropping it later is harmless.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
