@@ -586,7 +586,7 @@ async fn resume_and_check(
         "a finished upload is forgotten"
     );
     let inbox = people.work().join("inbox");
-    let (shown, _) = people.download_all(&server, "bob", &inbox).await;
+    let (shown, _) = people.download_all(server, "bob", &inbox).await;
     let copy = downloaded(&shown, message, 1);
     assert!(std::fs::read(copy).expect("read") == file, "byte-identical");
 }
