@@ -441,8 +441,22 @@ struct Relay {
     upstream: Arc<Mutex<SocketAddr>>,
 }
 
+/// What the relay does to a connection that wants to send past the budget.
+#[derive(Clone, Copy)]
+enum Past {
+    /// Drops it (a lost connection).
+    Cut,
+    /// Holds it open and forwards nothing more, until the client goes (a
+    /// stuck upload, for a person to press Ctrl-C on).
+    Stall,
+}
+
 impl Relay {
     async fn start(upstream: SocketAddr, budget: u64) -> Relay {
+        Relay::start_with(upstream, budget, Past::Cut).await
+    }
+
+    async fn start_with(upstream: SocketAddr, budget: u64, past: Past) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let budget = Arc::new(AtomicU64::new(budget));
@@ -451,7 +465,7 @@ impl Relay {
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let to = *u.lock().expect("upstream");
-                tokio::spawn(relay(client, to, b.clone()));
+                tokio::spawn(relay(client, to, b.clone(), past));
             }
         });
         Relay {
@@ -459,6 +473,11 @@ impl Relay {
             budget,
             upstream,
         }
+    }
+
+    /// Whether the budget is used up (a stalled upload is stuck now).
+    fn spent(&self) -> bool {
+        self.budget.load(Ordering::SeqCst) == 0
     }
 
     fn url(&self) -> String {
@@ -470,7 +489,7 @@ impl Relay {
     }
 }
 
-async fn relay(client: TcpStream, to: SocketAddr, budget: Arc<AtomicU64>) {
+async fn relay(client: TcpStream, to: SocketAddr, budget: Arc<AtomicU64>, past: Past) {
     let Ok(server) = TcpStream::connect(to).await else {
         return;
     };
@@ -490,7 +509,14 @@ async fn relay(client: TcpStream, to: SocketAddr, budget: Arc<AtomicU64>) {
                 })
                 .unwrap_or(0)
                 .min(n as u64) as usize;
-            if server_write.write_all(&buf[..allowed]).await.is_err() || allowed < n {
+            if server_write.write_all(&buf[..allowed]).await.is_err() {
+                return;
+            }
+            if allowed < n {
+                if let Past::Stall = past {
+                    // Swallow the rest until the client gives up.
+                    while let Ok(1..) = client_read.read(&mut buf).await {}
+                }
                 return;
             }
         }
@@ -627,6 +653,64 @@ async fn an_upload_resumes_after_the_server_restarts() {
     assert!(status.offset >= offset, "{status:?} (had {offset})");
     relay.unlimited();
     resume_and_check(&server, &people, &relay, &file, &bob, status.offset).await;
+}
+
+/// Issue 11: Ctrl-C during a stuck upload; the same command again resumes
+/// from what the server has. The relay forwards 1.5 MiB and then nothing,
+/// so the upload is stuck mid-`PATCH` when the interrupt comes.
+#[tokio::test]
+async fn an_upload_stopped_with_ctrl_c_resumes() {
+    let server = TestServer::start();
+    let people = People::new();
+    people.register(&server, "alice").await;
+    let bob = people.register(&server, "bob").await.to_string();
+    let file = noise(5 * 1024 * 1024, 9);
+    std::fs::write(people.work().join("video.mp4"), &file).expect("write");
+    let relay = Relay::start_with(server.http, 3 * 1024 * 1024 / 2, Past::Stall).await;
+
+    let mut command = people.cli("alice");
+    command
+        .args(["--http", &relay.url(), "--ws", &server.ws_url(), "--ca"])
+        .arg(ca_of(&server))
+        .args(["send", &bob, "--file", "video.mp4"]);
+    let mut child = command.spawn().expect("cli starts");
+    eventually("the upload is stuck at the relay", PROMPTLY, || async {
+        if relay.spent() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} bytes to go",
+                relay.budget.load(Ordering::SeqCst)
+            ))
+        }
+    })
+    .await;
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let status = tokio::time::timeout(RUN_LIMIT, child.wait())
+        .await
+        .expect("the CLI stops on Ctrl-C")
+        .expect("wait");
+    assert!(!status.success(), "{status}");
+
+    let upload = pending_upload(&people, "alice");
+    let media = people.media(&server, "alice");
+    let offset = eventually("the server keeps the bytes that arrived", PROMPTLY, || {
+        let (media, upload) = (media.clone(), upload.clone());
+        async move {
+            match media.status(&upload).await {
+                Ok(Some(status)) if status.offset > 0 => Ok(status.offset),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    relay.unlimited();
+    resume_and_check(&server, &people, &relay, &file, &bob, offset).await;
 }
 
 /// An unfinished upload the server no longer has (terminated here; expired
