@@ -80,7 +80,8 @@ pub const DEFAULT_CA: &str = "./parley-data/tls/cert.pem";
                   Errors are one line on stderr, with exit code 1. See docs/cli.md."
 )]
 pub struct Cli {
-    /// Registration API base URL [default: the profile's, else https://127.0.0.1:8443]
+    /// HTTPS API base URL (registration, devices, media) [default: the
+    /// profile's, else https://127.0.0.1:8443]
     #[arg(long, env = "PARLEY_HTTP", global = true, value_name = "URL")]
     pub http: Option<String>,
     /// Gateway WebSocket URL [default: the profile's, else wss://127.0.0.1:5443/v1/ws]
@@ -150,7 +151,8 @@ pub enum Command {
         #[arg(required = true, value_name = "PHONE")]
         phones: Vec<String>,
     },
-    /// Send a text; prints `✓ sent <message_id>` once the server has stored it.
+    /// Send a text, or a file; prints `✓ sent <message_id>` once the server
+    /// has stored it.
     ///
     /// The message goes to every device of the recipient, and a copy to
     /// this account's other devices. With --wait, stays connected and
