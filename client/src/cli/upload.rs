@@ -61,7 +61,7 @@ pub(crate) async fn upload(
         .await
         .map_err(|e| match e {
             Failed::Cli(e) => e,
-            Failed::Client(e) => upload_failed(e, &local, explain),
+            Failed::Client(e) => upload_failed(e, &local.path, explain),
         })?;
     say(&format!(
         "uploaded {} {} bytes sha256 {}",
@@ -342,27 +342,90 @@ fn progress_bar(size: u64, offset: u64) -> ProgressBar {
 }
 
 /// A failed upload, worded with what to do: an interrupted one resumes.
-fn upload_failed(e: ClientError, local: &Local, explain: &super::Explain) -> CliError {
+fn upload_failed(e: ClientError, path: &Path, explain: &super::Explain) -> CliError {
     let again = "run the same command again to resume";
+    let interrupted = |e: &ClientError| {
+        CliError::new(format!(
+            "the upload of {} was interrupted ({}): {again}",
+            path.display(),
+            explain.text(e)
+        ))
+    };
     match &e {
-        ClientError::Api { code, message, .. } => match code.as_str() {
+        ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => match code.as_str() {
             "MEDIA_TOO_LARGE" => CliError::new(format!(
                 "{} is too large for this server (MEDIA_TOO_LARGE: {message})",
-                local.path.display()
+                path.display()
             )),
             "MEDIA_QUOTA" | "TOO_MANY_UPLOADS" => CliError::new(format!(
-                "the server refused the upload for now ({}); {again} later",
-                e
+                "the server refused the upload for now ({e}); {again} later"
             )),
+            // The server failed or is overloaded: what it has, it keeps.
+            _ if *status >= 500 => interrupted(&e),
             _ => explain.client(e),
         },
-        ClientError::Http(_) | ClientError::Timeout | ClientError::Unreachable { .. } => {
-            CliError::new(format!(
-                "the upload of {} was interrupted ({}): {again}",
-                local.path.display(),
-                explain.text(&e)
-            ))
-        }
+        ClientError::Http(_)
+        | ClientError::Timeout
+        | ClientError::Unreachable { .. }
+        | ClientError::Io(_) => interrupted(&e),
         _ => explain.client(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> ClientError {
+        ClientError::Api {
+            status,
+            code: code.into(),
+            message: "m".into(),
+            attempts_left: None,
+            retry_after: Some(30),
+        }
+    }
+
+    #[test]
+    fn failures_say_whether_running_again_resumes() {
+        let explain = crate::cli::explain::for_tests();
+        let path = Path::new("/home/a/video.mp4");
+        let text = |e| upload_failed(e, path, &explain).to_string();
+        for resumable in [
+            api(503, "UNAVAILABLE"),
+            api(500, "INTERNAL"),
+            ClientError::Timeout,
+            ClientError::Unreachable {
+                url: "https://127.0.0.1:8443".into(),
+                reason: "connection refused".into(),
+            },
+        ] {
+            let said = text(resumable);
+            assert!(
+                said.contains("the upload of /home/a/video.mp4 was interrupted")
+                    && said.ends_with("run the same command again to resume"),
+                "{said}"
+            );
+        }
+        let later = text(api(429, "MEDIA_QUOTA"));
+        assert!(
+            later.contains("retry after 30 s") && later.ends_with("resume later"),
+            "{later}"
+        );
+        let large = text(api(413, "MEDIA_TOO_LARGE"));
+        assert!(
+            large.contains("too large") && !large.contains("resume"),
+            "{large}"
+        );
+        // A refused credential reads as everywhere else.
+        assert_eq!(
+            text(api(401, "TOKEN_REVOKED")),
+            explain.text(&api(401, "TOKEN_REVOKED"))
+        );
     }
 }
