@@ -498,7 +498,10 @@ mod tests {
         assert!(parse_metadata("a YQ==,a YQ==").is_err());
         assert!(parse_metadata(&"k".repeat(MAX_METADATA + 1)).is_err());
         let typed = parse_metadata("filetype aW1hZ2UvanBlZw==").expect("as the test set it up");
-        assert_eq!(metadata_content_type(&typed).expect("as the test set it up"), "image/jpeg");
+        assert_eq!(
+            metadata_content_type(&typed).expect("as the test set it up"),
+            "image/jpeg"
+        );
         let bad = parse_metadata("content_type bm90IGEgdHlwZQ==").expect("as the test set it up");
         assert!(metadata_content_type(&bad).is_err());
     }
@@ -515,17 +518,35 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(range_of(None, 10).expect("as the test set it up"), None);
-        assert_eq!(range_of(Some("bytes=0-3"), 10).expect("as the test set it up"), Some(0..4));
-        assert_eq!(range_of(Some("bytes=5-"), 10).expect("as the test set it up"), Some(5..10));
-        assert_eq!(range_of(Some("bytes=-3"), 10).expect("as the test set it up"), Some(7..10));
-        assert_eq!(range_of(Some("bytes=8-100"), 10).expect("as the test set it up"), Some(8..10));
+        assert_eq!(
+            range_of(Some("bytes=0-3"), 10).expect("as the test set it up"),
+            Some(0..4)
+        );
+        assert_eq!(
+            range_of(Some("bytes=5-"), 10).expect("as the test set it up"),
+            Some(5..10)
+        );
+        assert_eq!(
+            range_of(Some("bytes=-3"), 10).expect("as the test set it up"),
+            Some(7..10)
+        );
+        assert_eq!(
+            range_of(Some("bytes=8-100"), 10).expect("as the test set it up"),
+            Some(8..10)
+        );
         assert!(matches!(
             range_of(Some("bytes=10-"), 10),
             Err(MediaError::RangeNotSatisfiable { size: 10 })
         ));
         // Malformed or several: the whole.
-        assert_eq!(range_of(Some("lines=1-2"), 10).expect("as the test set it up"), None);
-        assert_eq!(range_of(Some("bytes=0-1,4-5"), 10).expect("as the test set it up"), None);
+        assert_eq!(
+            range_of(Some("lines=1-2"), 10).expect("as the test set it up"),
+            None
+        );
+        assert_eq!(
+            range_of(Some("bytes=0-1,4-5"), 10).expect("as the test set it up"),
+            None
+        );
     }
 
     proptest! {
