@@ -2,7 +2,10 @@
 //! compiler), so building Parley never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/parley/v1/session.proto"];
+    let files = [
+        "proto/parley/v1/session.proto",
+        "proto/parley/v1/content.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

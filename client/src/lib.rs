@@ -12,6 +12,11 @@
 //! - [`session`]: one authenticated WebSocket session with the gateway.
 //! - [`devices`]: which devices a message goes to, for sends with one
 //!   envelope per device, and fixing that list after `DEVICES_CHANGED`.
+//! - [`media`]: the media service: resumable uploads (tus 1.0), the
+//!   finished upload's media JSON, downloads streamed to a file and checked
+//!   against their SHA-256.
+//! - [`thumbnail`]: a file's MIME type, and a photo's size and JPEG
+//!   preview (at most 16 KiB) for the message that carries it.
 //! - [`phone`]: phone numbers as people write them, made E.164.
 //! - [`receipts`]: which receipts to believe (only the recipient's, from
 //!   any of its devices; also for copies of messages this account sent from
@@ -26,11 +31,13 @@
 pub mod cli;
 pub mod devices;
 pub mod error;
+pub mod media;
 pub mod phone;
 pub mod profile;
 pub mod receipts;
 pub mod registration;
 pub mod session;
+pub mod thumbnail;
 pub mod tls;
 
 pub use devices::{DevicesChanged, Fanout, FanoutError, devices_changed};

@@ -19,6 +19,9 @@
 //! - `devices.json`: the device lists of the last [`KNOWN_DEVICES_CAPACITY`]
 //!   users this profile sent to with one envelope per device, and its own
 //!   account's ([`KnownDevices`]), kept until the server says one is stale.
+//! - `uploads.json`: the unfinished uploads of `send --file` ([`PendingUploads`]),
+//!   so that the same command run again resumes where the server's copy
+//!   ends instead of starting over.
 //!
 //! The folder is mode 0700 and the files 0600: the token is a bearer secret.
 //! Writes go to a temporary file that is renamed over the old one, so a crash
@@ -41,6 +44,14 @@ pub const PROFILE_FILE: &str = "profile.json";
 pub const SEEN_FILE: &str = "seen.json";
 pub const SENT_FILE: &str = "sent.json";
 pub const DEVICES_FILE: &str = "devices.json";
+pub const UPLOADS_FILE: &str = "uploads.json";
+/// How many unfinished uploads `uploads.json` remembers: one per file a
+/// person is sending at once, a few at most; the oldest is forgotten first
+/// (its upload expires on the server within a day anyway).
+pub const PENDING_UPLOADS_CAPACITY: usize = 32;
+/// An unfinished upload older than this is forgotten: the server drops
+/// unfinished uploads after 24 hours.
+pub const PENDING_UPLOAD_LIFETIME_SECS: u64 = 24 * 60 * 60;
 /// How many users' device lists `devices.json` keeps: a list is a handful
 /// of ids, and a stale or forgotten one costs one extra round trip.
 pub const KNOWN_DEVICES_CAPACITY: usize = 256;
@@ -364,6 +375,25 @@ impl ProfileDir {
         write_json(&self.dir.join(DEVICES_FILE), &known)
     }
 
+    /// Loads `uploads.json`, or an empty record if there is none yet.
+    pub fn load_uploads(&self) -> Result<PendingUploads, ProfileError> {
+        let pending: Option<PendingUploads> = read_json(&self.dir.join(UPLOADS_FILE))?;
+        Ok(pending.unwrap_or_default())
+    }
+
+    /// Changes `uploads.json` with `change`, under the profile lock (two
+    /// `send --file` may run at once), and returns what `change` returned.
+    pub fn update_uploads<T>(
+        &self,
+        change: impl FnOnce(&mut PendingUploads) -> T,
+    ) -> Result<T, ProfileError> {
+        let _lock = self.lock()?;
+        let mut pending = self.load_uploads()?;
+        let out = change(&mut pending);
+        write_json(&self.dir.join(UPLOADS_FILE), &pending)?;
+        Ok(out)
+    }
+
     /// Creates the folder (and its parents) mode 0700, and takes group and
     /// other permissions off it if it already existed with them: it holds
     /// a bearer token.
@@ -494,6 +524,89 @@ impl KnownDevices {
             self.users.pop_front();
         }
     }
+}
+
+/// Which file an unfinished upload is of: the same path, size and
+/// modification time (to the nanosecond) is taken for the same bytes, as
+/// `make` and `rsync` take it; the SHA-256 computed before each upload
+/// makes sure, and the server's digest of the finished upload is checked
+/// against it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadKey {
+    /// Absolute and canonical, so `./a.jpg` and `/home/u/a.jpg` agree.
+    pub path: PathBuf,
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+    /// SHA-256 of the file, 64 lowercase hex.
+    pub sha256: String,
+}
+
+/// One unfinished upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpload {
+    pub key: UploadKey,
+    /// The server it was made on (`https://host:port`): only that server's
+    /// upload URL means anything.
+    pub http: String,
+    /// The upload's path on that server, `/v1/media/uploads/{upload_id}`.
+    pub upload: String,
+    /// Unix seconds when it was created.
+    pub created_at: u64,
+}
+
+/// The unfinished uploads, oldest first, at most
+/// [`PENDING_UPLOADS_CAPACITY`], none older than
+/// [`PENDING_UPLOAD_LIFETIME_SECS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUploads {
+    uploads: VecDeque<PendingUpload>,
+}
+
+impl PendingUploads {
+    /// The unfinished upload of this file to this server, if any (and not
+    /// too old at `now`).
+    pub fn find(&self, key: &UploadKey, http: &str, now: u64) -> Option<&PendingUpload> {
+        self.uploads
+            .iter()
+            .rev()
+            .find(|u| &u.key == key && u.http == http && !expired(u, now))
+    }
+
+    /// Records an upload, replacing any of the same file to the same
+    /// server; drops the expired and, past capacity, the oldest.
+    pub fn insert(&mut self, upload: PendingUpload, now: u64) {
+        self.uploads
+            .retain(|u| !(expired(u, now) || (u.key == upload.key && u.http == upload.http)));
+        while self.uploads.len() >= PENDING_UPLOADS_CAPACITY {
+            self.uploads.pop_front();
+        }
+        self.uploads.push_back(upload);
+    }
+
+    /// Forgets the upload at `upload` on `http` (finished, or gone from
+    /// the server), and the expired ones.
+    pub fn remove(&mut self, http: &str, upload: &str, now: u64) {
+        self.uploads
+            .retain(|u| !(expired(u, now) || (u.http == http && u.upload == upload)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.uploads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.uploads.is_empty()
+    }
+
+    /// Every remembered upload, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingUpload> {
+        self.uploads.iter()
+    }
+}
+
+fn expired(upload: &PendingUpload, now: u64) -> bool {
+    now.saturating_sub(upload.created_at) >= PENDING_UPLOAD_LIFETIME_SECS
 }
 
 /// Ids already shown, oldest first, at most [`SEEN_CAPACITY`] of each kind.
@@ -851,6 +964,128 @@ mod tests {
         known.set(10_000, vec![1]);
         assert_eq!(known.get(2), Some(&[3][..]));
         assert_eq!(known.get(3), None);
+    }
+
+    fn key(path: &str, size: u64) -> UploadKey {
+        UploadKey {
+            path: PathBuf::from(path),
+            size,
+            mtime_ns: 1,
+            sha256: "00".repeat(32),
+        }
+    }
+
+    fn pending(path: &str, http: &str, upload: &str, created_at: u64) -> PendingUpload {
+        PendingUpload {
+            key: key(path, 10),
+            http: http.into(),
+            upload: upload.into(),
+            created_at,
+        }
+    }
+
+    #[test]
+    fn pending_uploads_are_found_by_file_and_server_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ProfileDir::new(tmp.path());
+        assert!(dir.load_uploads().expect("empty").is_empty());
+        dir.update_uploads(|p| {
+            p.insert(
+                pending("/a", "https://s:1", "/v1/media/uploads/1", 100),
+                100,
+            )
+        })
+        .expect("update");
+        let loaded = dir.load_uploads().expect("load");
+        let found = loaded
+            .find(&key("/a", 10), "https://s:1", 200)
+            .expect("found");
+        assert_eq!(found.upload, "/v1/media/uploads/1");
+        // Another server, another size, another mtime, another digest: not it.
+        assert!(
+            loaded
+                .find(&key("/a", 10), "https://other:1", 200)
+                .is_none()
+        );
+        assert!(loaded.find(&key("/a", 11), "https://s:1", 200).is_none());
+        assert!(
+            loaded
+                .find(
+                    &UploadKey {
+                        mtime_ns: 2,
+                        ..key("/a", 10)
+                    },
+                    "https://s:1",
+                    200
+                )
+                .is_none()
+        );
+        assert!(
+            loaded
+                .find(
+                    &UploadKey {
+                        sha256: "11".repeat(32),
+                        ..key("/a", 10)
+                    },
+                    "https://s:1",
+                    200
+                )
+                .is_none()
+        );
+        // A day later the server has dropped it: so does the profile.
+        assert!(
+            loaded
+                .find(
+                    &key("/a", 10),
+                    "https://s:1",
+                    100 + PENDING_UPLOAD_LIFETIME_SECS
+                )
+                .is_none()
+        );
+        dir.update_uploads(|p| p.remove("https://s:1", "/v1/media/uploads/1", 200))
+            .expect("update");
+        assert!(dir.load_uploads().expect("load").is_empty());
+    }
+
+    #[test]
+    fn pending_uploads_replace_the_same_file_and_stay_bounded() {
+        let mut p = PendingUploads::default();
+        p.insert(pending("/a", "h", "/u/1", 0), 0);
+        p.insert(pending("/a", "h", "/u/2", 0), 0);
+        assert_eq!(p.len(), 1, "one upload per file and server");
+        assert_eq!(
+            p.find(&key("/a", 10), "h", 0).expect("found").upload,
+            "/u/2"
+        );
+        for i in 0..PENDING_UPLOADS_CAPACITY + 3 {
+            p.insert(pending(&format!("/f{i}"), "h", &format!("/u/f{i}"), 0), 0);
+        }
+        assert_eq!(p.len(), PENDING_UPLOADS_CAPACITY);
+        assert!(
+            p.find(&key("/f0", 10), "h", 0).is_none(),
+            "oldest forgotten"
+        );
+        // Inserting at a later time drops what has expired by then.
+        p.insert(
+            pending("/new", "h", "/u/new", PENDING_UPLOAD_LIFETIME_SECS),
+            PENDING_UPLOAD_LIFETIME_SECS,
+        );
+        assert_eq!(p.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pending_uploads_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = ProfileDir::new(tmp.path().join("p"));
+        dir.update_uploads(|p| p.insert(pending("/a", "h", "/u/1", 0), 0))
+            .expect("update");
+        let mode = fs::metadata(dir.path().join(UPLOADS_FILE))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -1,19 +1,77 @@
 //! The Parley wire protocol, version 1.
 //!
-//! `proto/parley/v1/session.proto` is the contract phone apps are built from;
-//! this crate compiles it with prost and adds what both ends of a connection
-//! share beyond the messages themselves:
+//! `proto/parley/v1/session.proto` is the contract phone apps are built from,
+//! and `proto/parley/v1/content.proto` the standard format of a message body
+//! (text and attachments); this crate compiles them with prost and adds what
+//! both ends of a connection share beyond the messages themselves:
 //!
-//! - [`v1`]: the generated frame types ([`v1::ClientFrame`], [`v1::ServerFrame`], ...).
+//! - [`v1`]: the generated frame types ([`v1::ClientFrame`], [`v1::ServerFrame`], ...)
+//!   and the body format ([`v1::Content`]).
+//! - [`content`]: how a body holds a [`v1::Content`] (a one-byte marker), and
+//!   telling it from a plain text body.
 //! - [`limits`]: the sizes every implementation must agree on.
 //! - [`close`]: the WebSocket close codes and how they map to reasons.
 
 #![forbid(unsafe_code)]
 
-/// Generated from `proto/parley/v1/session.proto`.
+/// Generated from `proto/parley/v1/session.proto` and `content.proto`.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/parley.v1.rs"));
+}
+
+/// A message body that holds a [`v1::Content`]: `0xFF || Content`.
+///
+/// The server never reads bodies; this is the convention Parley's clients
+/// agree on (docs/protocol.md, "Media"; docs/decisions.md says why a marker
+/// byte). 0xFF never occurs in UTF-8, so no text body is ever mistaken for
+/// a Content, and a Content is never shown as text by a client that knows
+/// the marker.
+pub mod content {
+    use prost::Message;
+
+    use crate::v1::Content;
+
+    /// The first byte of a body that holds a [`Content`].
+    pub const MARKER: u8 = 0xFF;
+    /// First bytes reserved for future body formats (0xF5..=0xFE: like
+    /// 0xFF, never in UTF-8).
+    pub const RESERVED: std::ops::RangeInclusive<u8> = 0xF5..=0xFE;
+    /// The largest thumbnail a [`crate::v1::Thumbnail`] may carry.
+    pub const MAX_THUMBNAIL_BYTES: usize = 16 * 1024;
+
+    /// What a body is.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Body<'a> {
+        /// A Content (the marker, then a Content that decoded).
+        Content(Content),
+        /// Plain text: any body that does not start with a marker byte.
+        /// Not necessarily valid UTF-8 (the sender chose the bytes).
+        Text(&'a [u8]),
+        /// A body that starts with the Content marker but does not decode,
+        /// or with a reserved byte: a newer or broken sender.
+        Unsupported,
+    }
+
+    /// `0xFF || content`.
+    pub fn encode(content: &Content) -> Vec<u8> {
+        let mut body = Vec::with_capacity(1 + content.encoded_len());
+        body.push(MARKER);
+        content.encode(&mut body).expect("a Vec grows as needed");
+        body
+    }
+
+    /// Tells what `body` is.
+    pub fn decode(body: &[u8]) -> Body<'_> {
+        match body.split_first() {
+            Some((&MARKER, rest)) => match Content::decode(rest) {
+                Ok(content) => Body::Content(content),
+                Err(_) => Body::Unsupported,
+            },
+            Some((first, _)) if RESERVED.contains(first) => Body::Unsupported,
+            _ => Body::Text(body),
+        }
+    }
 }
 
 /// Limits both ends of a session must respect.
@@ -106,6 +164,58 @@ mod tests {
         };
         let decoded = ClientFrame::decode(frame.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(decoded, frame);
+    }
+
+    mod content {
+        use crate::content::{Body, MARKER, decode, encode};
+        use crate::v1::{Attachment, Content, attachment};
+        use proptest::prelude::*;
+
+        #[test]
+        fn a_content_round_trips_and_text_stays_text() {
+            let content = Content {
+                text: "look".into(),
+                attachments: vec![Attachment {
+                    location: Some(attachment::Location::MediaId("ab".repeat(16))),
+                    size: 12,
+                    sha256: vec![7; 32],
+                    ..Attachment::default()
+                }],
+            };
+            let body = encode(&content);
+            assert_eq!(body[0], MARKER);
+            assert_eq!(decode(&body), Body::Content(content));
+            assert_eq!(decode(b"hello"), Body::Text(b"hello"));
+            assert_eq!(decode(b""), Body::Text(b""));
+            // An empty Content is one byte and still a Content.
+            assert_eq!(decode(&[MARKER]), Body::Content(Content::default()));
+            assert_eq!(decode(&[MARKER, 0xff, 0xff]), Body::Unsupported);
+            assert_eq!(decode(&[0xF5, 1]), Body::Unsupported);
+        }
+
+        proptest! {
+            /// No text is ever taken for a Content: whatever a person
+            /// types (any UTF-8), a receiver shows it as text.
+            #[test]
+            fn any_utf8_text_is_text(text in ".*") {
+                prop_assert_eq!(decode(text.as_bytes()), Body::Text(text.as_bytes()));
+            }
+
+            #[test]
+            fn any_content_round_trips(text in ".*", size in any::<u64>(), name in ".*") {
+                let content = Content {
+                    text,
+                    attachments: vec![Attachment {
+                        location: Some(attachment::Location::Url(name.clone())),
+                        size,
+                        file_name: name,
+                        ..Attachment::default()
+                    }],
+                };
+                let body = encode(&content);
+                prop_assert_eq!(decode(&body), Body::Content(content));
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,14 @@
 use tracing::{debug, warn};
 
 use super::CliError;
-use super::output::{delivery_line, read_sync_line, receipt_kind, receipt_line, say};
+use super::download::Downloader;
+use super::output::{
+    attachment_line, delivery_line, downloaded_line, read_sync_line, receipt_kind, receipt_line,
+    say, warn_user,
+};
 use crate::Session;
 use crate::profile::{ProfileDir, SeenIds};
+use crate::proto::content::{self, Body};
 use crate::proto::v1::{Deliver, ReadSync};
 use crate::receipts::{CheckedReceipt, SentMessages, copy_recipient};
 
@@ -20,6 +25,9 @@ pub(crate) struct Inbox<'a> {
     /// own message, and a receipt from it is not the recipient's.
     pub own_user: u64,
     pub seen: SeenIds,
+    /// `listen --download DIR`: where attachments go; `None` shows them
+    /// only.
+    pub download: Option<Downloader>,
 }
 
 /// Shows a delivered message once, then acknowledges it.
@@ -28,6 +36,12 @@ pub(crate) struct Inbox<'a> {
 /// process dies before the ack, the server redelivers and `seen.json` stops
 /// it being shown twice; the ack is re-sent for redeliveries because the
 /// first one evidently did not arrive.
+///
+/// A message whose body is a Content gets one line per attachment after
+/// its own, and with `--download` each attachment is downloaded (and a line
+/// says where it is) before the message is remembered as seen and acked:
+/// a `listen` killed during a download shows the message again next time,
+/// and downloads it then.
 ///
 /// A copy of this account's own message (sent from another of its devices)
 /// is recorded in `sent` (and `sent.json`) before anything else, so that
@@ -47,9 +61,29 @@ pub(crate) async fn show_delivery(
             warn!(error = %e, "cannot record a copy of this account's message; its receipts will be shown unchecked by later runs");
         }
     }
-    let first_time = inbox.seen.insert_message(deliver.message_id);
+    let first_time = !inbox.seen.contains_message(deliver.message_id);
     if first_time {
         say(&delivery_line(deliver, inbox.own_user))?;
+        if let Body::Content(content) = content::decode(&deliver.body) {
+            for (i, attachment) in content.attachments.iter().enumerate() {
+                let n = i + 1;
+                say(&attachment_line(deliver.message_id, n, attachment))?;
+                let Some(downloader) = &inbox.download else {
+                    continue;
+                };
+                match downloader
+                    .fetch(session, deliver.message_id, n, attachment)
+                    .await
+                {
+                    Ok(path) => say(&downloaded_line(deliver.message_id, n, &path))?,
+                    Err(why) => warn_user(&format!(
+                        "attachment {}/{n} not downloaded: {why}",
+                        deliver.message_id
+                    )),
+                }
+            }
+        }
+        inbox.seen.insert_message(deliver.message_id);
         save_seen(inbox.dir, &inbox.seen);
     }
     session

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tracing::warn;
 
+use super::download::Downloader;
 use super::explain::Notice;
 use super::inbox::{
     Inbox, close_quietly, load_seen, load_sent, show_delivery, show_read_sync, show_receipt,
@@ -19,6 +20,8 @@ pub(crate) struct ListenOptions {
     pub read: bool,
     pub exit_on_empty: bool,
     pub timeout: Option<Duration>,
+    /// `--download DIR`.
+    pub download: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn listen(
@@ -30,6 +33,10 @@ pub(crate) async fn listen(
     tokio::pin!(shutdown);
     let loaded = Loaded::new(cli, dir)?;
     let explain = &loaded.explain;
+    let download = match &options.download {
+        Some(folder) => Some(Downloader::new(&loaded, folder)?),
+        None => None,
+    };
     let mut session = tokio::select! {
         () = &mut shutdown => return Ok(()),
         session = loaded.connect() => session?,
@@ -39,6 +46,7 @@ pub(crate) async fn listen(
         explain,
         own_user: loaded.profile.user_id,
         seen: load_seen(dir),
+        download,
     };
     let mut sent = load_sent(dir);
     let deadline = options.timeout.map(|t| Instant::now() + t);

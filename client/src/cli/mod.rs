@@ -17,7 +17,9 @@
 //! Modules:
 //! - `register`: `register`, with the code prompt.
 //! - `send`: `send`, and waiting for its receipts.
+//! - `upload`: `send --file`'s resumable upload and the attachment.
 //! - `listen`: `listen`.
+//! - `download`: `listen --download`'s verified downloads.
 //! - `lookup`: `lookup`, with phone number normalisation.
 //! - `link`: `link` (a code, on the primary) and `link-accept` (a new
 //!   profile from it).
@@ -33,6 +35,7 @@
 //! - `prompt`: reading lines from stdin without blocking the runtime.
 
 mod devices;
+mod download;
 mod explain;
 mod inbox;
 mod link;
@@ -44,6 +47,7 @@ mod prompt;
 mod push;
 mod register;
 mod send;
+mod upload;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -76,7 +80,8 @@ pub const DEFAULT_CA: &str = "./parley-data/tls/cert.pem";
                   Errors are one line on stderr, with exit code 1. See docs/cli.md."
 )]
 pub struct Cli {
-    /// Registration API base URL [default: the profile's, else https://127.0.0.1:8443]
+    /// HTTPS API base URL (registration, devices, media) [default: the
+    /// profile's, else https://127.0.0.1:8443]
     #[arg(long, env = "PARLEY_HTTP", global = true, value_name = "URL")]
     pub http: Option<String>,
     /// Gateway WebSocket URL [default: the profile's, else wss://127.0.0.1:5443/v1/ws]
@@ -146,7 +151,8 @@ pub enum Command {
         #[arg(required = true, value_name = "PHONE")]
         phones: Vec<String>,
     },
-    /// Send a text; prints `✓ sent <message_id>` once the server has stored it.
+    /// Send a text, or a file; prints `✓ sent <message_id>` once the server
+    /// has stored it.
     ///
     /// The message goes to every device of the recipient, and a copy to
     /// this account's other devices. With --wait, stays connected and
@@ -156,12 +162,25 @@ pub enum Command {
     /// devices. Messages that arrive meanwhile are left queued for
     /// `listen`. A receipt counts only if it comes from the message's
     /// recipient.
+    ///
+    /// With --file, uploads the file first (resumably: an interrupted
+    /// upload goes on from where it stopped when the same command runs
+    /// again), prints `uploaded <media_id> <size> bytes sha256 <hex>`, and
+    /// sends a Content message holding the text (optional then) and the
+    /// attachment, with a JPEG thumbnail for photos.
+    #[command(override_usage = "parley-cli send <USER_ID> <TEXT> [OPTIONS]\n       \
+                                parley-cli send <USER_ID> [TEXT] --file <PATH> [OPTIONS]")]
     Send {
         /// Recipient user id (find it with `lookup <phone>`)
         #[arg(value_name = "USER_ID")]
         user_id: String,
-        /// The message, sent as UTF-8
-        text: String,
+        /// The message, sent as UTF-8 (with --file: the caption, optional)
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Attach this file: upload it, then send a Content message that
+        /// refers to it (docs/protocol.md, "Media")
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Also wait for this receipt of the message
         #[arg(long, value_enum)]
         wait: Option<WaitFor>,
@@ -200,6 +219,11 @@ pub enum Command {
         /// was given and the queue had not been drained yet)
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// Download the attachments of arriving messages into DIR (made if
+        /// missing); each is checked against its SHA-256 and printed as
+        /// `downloaded <message_id>/<n> <path>`
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
     },
     /// On the primary device: make a one-time code that links a new device
     /// (a laptop, a tablet) to this account.
@@ -367,26 +391,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Send {
             user_id,
             text,
+            file,
             wait,
             timeout,
             per_device,
         } => {
             let options = send::SendOptions {
+                file: file.clone(),
                 wait: *wait,
                 timeout: std::time::Duration::from_secs(*timeout),
                 per_device: *per_device,
             };
-            send::send(&cli, &dir, user_id, text, options).await
+            send::send(&cli, &dir, user_id, text.as_deref(), options).await
         }
         Command::Listen {
             read,
             exit_on_empty,
             timeout,
+            download,
         } => {
             let options = listen::ListenOptions {
                 read: *read,
                 exit_on_empty: *exit_on_empty,
                 timeout: timeout.map(std::time::Duration::from_secs),
+                download: download.clone(),
             };
             listen::listen(&cli, &dir, options).await
         }
@@ -538,6 +566,24 @@ mod tests {
             }
         ));
         assert!(Cli::try_from_args(["parley-cli", "unlink"]).is_err());
+        // A text, or a file (with an optional caption); not neither.
+        assert!(Cli::try_from_args(["parley-cli", "send", "42"]).is_err());
+        let cli =
+            Cli::try_from_args(["parley-cli", "send", "42", "--file", "a.jpg"]).expect("parses");
+        assert!(matches!(
+            &cli.command,
+            Command::Send { text: None, file: Some(f), .. } if f == std::path::Path::new("a.jpg")
+        ));
+        let cli = Cli::try_from_args(["parley-cli", "send", "42", "caption", "--file", "a.jpg"])
+            .expect("parses");
+        assert!(
+            matches!(&cli.command, Command::Send { text: Some(t), file: Some(_), .. } if t == "caption")
+        );
+        let cli =
+            Cli::try_from_args(["parley-cli", "listen", "--download", "inbox"]).expect("parses");
+        assert!(
+            matches!(&cli.command, Command::Listen { download: Some(d), .. } if d == std::path::Path::new("inbox"))
+        );
         // A phone number where a user id belongs parses: `send` explains.
         assert!(Cli::try_from_args(["parley-cli", "send", "+15550002222", "hi"]).is_ok());
         assert!(

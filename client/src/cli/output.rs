@@ -9,7 +9,8 @@ use std::io::Write;
 
 use super::CliError;
 use crate::DeviceInfo;
-use crate::proto::v1::{Deliver, ReadSync, Receipt, ReceiptKind};
+use crate::proto::content::{self, Body};
+use crate::proto::v1::{Attachment, Deliver, ReadSync, Receipt, ReceiptKind, attachment};
 use crate::receipts::copy_recipient;
 
 /// Writes one line to stdout.
@@ -60,14 +61,64 @@ pub(crate) fn address(user: u64, device: u64) -> String {
 ///   from another of its devices, or to itself):
 ///   `<own_user>/<from_device> → <to_user> <message_id> <text>`.
 ///
-/// The second word tells them apart (a message id is digits).
+/// The second word tells them apart (a message id is digits). The text of
+/// a Content body is its `text` (its attachments get lines of their own,
+/// [`attachment_line`]).
 pub(crate) fn delivery_line(deliver: &Deliver, own_user: u64) -> String {
     let from = address(deliver.from_user, deliver.from_device);
-    let text = printable(&deliver.body);
+    let text = shown_text(&deliver.body);
     match copy_recipient(deliver, own_user) {
         Some(to) => format!("{from} → {to} {} {text}", deliver.message_id),
         None => format!("{from} {} {text}", deliver.message_id),
     }
+}
+
+/// What a body shows as text: itself, a Content's text, or a note that
+/// this client cannot read it.
+pub(crate) fn shown_text(body: &[u8]) -> String {
+    match content::decode(body) {
+        Body::Text(text) => printable(text),
+        Body::Content(content) => printable(content.text.as_bytes()),
+        Body::Unsupported => UNSUPPORTED.to_string(),
+    }
+}
+
+/// Shown for a body in a format newer than this client (or broken).
+pub(crate) const UNSUPPORTED: &str = "[a message in a format this parley-cli cannot show]";
+
+/// `attachment <message_id>/<n> <content_type> <size> bytes <file_name>`:
+/// attachment `n` (from 1) of a message, the name last (it may hold
+/// spaces, or be empty).
+pub(crate) fn attachment_line(message_id: u64, n: usize, a: &Attachment) -> String {
+    let kind = if a.content_type.is_empty() {
+        "application/octet-stream"
+    } else {
+        a.content_type.as_str()
+    };
+    let line = format!(
+        "attachment {message_id}/{n} {} {} bytes",
+        printable(kind.as_bytes()),
+        a.size
+    );
+    let name = match (&a.file_name, &a.location) {
+        (name, _) if !name.is_empty() => printable(name.as_bytes()),
+        (_, Some(attachment::Location::MediaId(id))) => printable(id.as_bytes()),
+        _ => String::new(),
+    };
+    if name.is_empty() {
+        line
+    } else {
+        format!("{line} {name}")
+    }
+}
+
+/// `downloaded <message_id>/<n> <path>`: attachment `n` is saved there,
+/// verified.
+pub(crate) fn downloaded_line(message_id: u64, n: usize, path: &std::path::Path) -> String {
+    format!(
+        "downloaded {message_id}/{n} {}",
+        printable(path.to_string_lossy().as_bytes())
+    )
 }
 
 /// `✓✓ delivered <id>,<id> by <user>/<device>` or `✓✓ read ... by
@@ -180,6 +231,52 @@ mod tests {
             delivery_line(&from_device, 1),
             "42/420 9 hi\\nthere\\u{1b}[31m \u{fffd}"
         );
+    }
+
+    #[test]
+    fn contents_show_their_text_and_attachments() {
+        use crate::proto::v1::Content;
+        let a = Attachment {
+            location: Some(attachment::Location::MediaId("ab".repeat(16))),
+            size: 1234,
+            content_type: "image/jpeg".into(),
+            file_name: "beach day.jpg".into(),
+            ..Attachment::default()
+        };
+        let body = content::encode(&Content {
+            text: "look\n!".into(),
+            attachments: vec![a.clone()],
+        });
+        let deliver = Deliver {
+            message_id: 9,
+            from_user: 42,
+            from_device: 420,
+            to_user: 1,
+            body: body.into(),
+            ..Deliver::default()
+        };
+        assert_eq!(delivery_line(&deliver, 1), "42/420 9 look\\n!");
+        assert_eq!(
+            attachment_line(9, 1, &a),
+            "attachment 9/1 image/jpeg 1234 bytes beach day.jpg"
+        );
+        let bare = Attachment {
+            file_name: String::new(),
+            content_type: String::new(),
+            ..a
+        };
+        assert_eq!(
+            attachment_line(9, 2, &bare),
+            format!(
+                "attachment 9/2 application/octet-stream 1234 bytes {}",
+                "ab".repeat(16)
+            )
+        );
+        assert_eq!(
+            downloaded_line(9, 1, std::path::Path::new("/tmp/d/beach day.jpg")),
+            "downloaded 9/1 /tmp/d/beach day.jpg"
+        );
+        assert_eq!(shown_text(&[0xff, 0xff]), UNSUPPORTED);
     }
 
     #[test]

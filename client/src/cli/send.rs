@@ -1,5 +1,9 @@
 //! `send`: one message, its server ack, and with `--wait` its receipt.
 //!
+//! With `--file`, the file is uploaded first (`upload`, resumably) and the
+//! message is a Content (`parley_proto::content`) holding its text and the
+//! attachment.
+//!
 //! With `--per-device`, the message goes as one envelope per device, from
 //! the device lists the profile keeps; a `DEVICES_CHANGED` answer fixes the
 //! lists and the message is sent again once, with the same `client_msg_id`
@@ -16,15 +20,19 @@ use super::devices::{fanout_for, remember_fanout};
 use super::explain::{Notice, human_secs};
 use super::inbox::{Inbox, close_quietly, load_seen, load_sent, show_receipt};
 use super::output::{address, note, say};
+use super::upload::upload;
 use super::{Cli, CliError, Loaded, WaitFor};
 use crate::phone::{looks_like_phone, normalize};
 use crate::profile::{ProfileDir, SeenIds};
+use crate::proto::content;
 use crate::proto::limits::MAX_BODY_BYTES;
-use crate::proto::v1::{DeviceAddress, ErrorCode, ReceiptKind, SendError, server_frame};
+use crate::proto::v1::{Content, DeviceAddress, ErrorCode, ReceiptKind, SendError, server_frame};
 use crate::receipts::{CheckedReceipt, ReceiptTracker, copy_recipient};
 use crate::{ClientError, DevicesChanged, Fanout, Session, devices_changed};
 
 pub(crate) struct SendOptions {
+    /// `--file PATH`: upload it, and send a Content referring to it.
+    pub file: Option<std::path::PathBuf>,
     pub wait: Option<WaitFor>,
     pub timeout: Duration,
     pub per_device: bool,
@@ -97,10 +105,11 @@ pub(crate) async fn send(
     cli: &Cli,
     dir: &ProfileDir,
     user_id: &str,
-    text: &str,
+    text: Option<&str>,
     options: SendOptions,
 ) -> Result<(), CliError> {
     let to_user = parse_user_id(user_id, &dir.command())?;
+    let text = text.unwrap_or_default();
     if text.len() > MAX_BODY_BYTES {
         return Err(CliError::new(format!(
             "the text is {} bytes; the limit is {MAX_BODY_BYTES}",
@@ -109,6 +118,27 @@ pub(crate) async fn send(
     }
     let loaded = Loaded::new(cli, dir)?;
     let explain = &loaded.explain;
+    // The file goes first, before the session is opened: an upload may take
+    // minutes, and a message must not refer to a file that is not there.
+    let body = match &options.file {
+        Some(path) => {
+            let uploaded = upload(&loaded, dir, path).await?;
+            let body = content::encode(&Content {
+                text: text.to_string(),
+                attachments: vec![uploaded.attachment],
+            });
+            if body.len() > MAX_BODY_BYTES {
+                return Err(CliError::new(format!(
+                    "the message with its attachment is {} bytes; the limit is {MAX_BODY_BYTES}: \
+                     send a shorter text (the file {} is uploaded; sending again reuses nothing)",
+                    body.len(),
+                    uploaded.info.media_id
+                )));
+            }
+            Bytes::from(body)
+        }
+        None => Bytes::from(text.as_bytes().to_vec()),
+    };
     let own_user = loaded.profile.user_id;
     let mut fanout = if options.per_device {
         Some(fanout_for(&loaded, dir, to_user).await?)
@@ -126,7 +156,6 @@ pub(crate) async fn send(
     } else {
         Default::default()
     });
-    let body = Bytes::from(text.as_bytes().to_vec());
     tracker.sending(client_msg_id, to_user);
     send_once(&mut session, client_msg_id, to_user, &body, fanout.as_ref())
         .await
@@ -145,6 +174,7 @@ pub(crate) async fn send(
         } else {
             SeenIds::default()
         },
+        download: None,
     };
     let mut message_id = None;
     let mut progress = Progress::default();
