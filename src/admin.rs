@@ -166,7 +166,7 @@ impl Metrics {
 
     pub fn add_registration(&mut self, registration: &RegistrationMetrics) {
         registration.register(self.registry.sub_registry_with_prefix("registration"));
-        for (route, statuses) in parley_registration::api::ROUTES {
+        for (_method, route, statuses) in parley_registration::api::ROUTES {
             for (at, &status) in statuses.iter().enumerate() {
                 let labels = RouteLabels {
                     route: route.to_owned(),
