@@ -176,10 +176,11 @@ impl Metrics {
         self.add_routes(&parley_registration::api::ROUTES);
     }
 
-    /// Makes every `(route, status)` series of `routes` exist (at 0), with
-    /// a latency histogram for each route's first (success) status.
-    fn add_routes(&mut self, routes: &[(&str, &[u16])]) {
-        for (route, statuses) in routes {
+    /// Makes every `(route, status)` series of `routes` (method, path,
+    /// statuses) exist (at 0), with a latency histogram for each
+    /// operation's first (success) status.
+    fn add_routes(&mut self, routes: &[(&str, &str, &[u16])]) {
+        for (_method, route, statuses) in routes {
             for (at, &status) in statuses.iter().enumerate() {
                 let labels = RouteLabels {
                     route: (*route).to_owned(),

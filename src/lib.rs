@@ -14,6 +14,7 @@
 //! - [`tls`]: the certificate (given, or generated on first start), reloaded
 //!   on `SIGHUP`.
 //! - [`https`]: serving the HTTP API over TLS.
+//! - [`openapi`]: the HTTP API's OpenAPI document, served at `/v1/openapi.json`.
 //! - [`provision`]: accounts in bulk for benchmarks (`parley provision`).
 //! - [`stats`]: the operator's live view (`parley stats`).
 
@@ -24,6 +25,7 @@ pub mod backup;
 pub mod config;
 pub mod datadir;
 pub mod https;
+pub mod openapi;
 pub mod provision;
 pub mod stats;
 pub mod tls;
@@ -375,6 +377,7 @@ pub async fn run(
     });
     let app = parley_registration::router(registration)
         .merge(media_routes)
+        .merge(openapi::router())
         .route_layer(axum::middleware::from_fn_with_state(
             metrics.http.clone(),
             admin::count_requests,

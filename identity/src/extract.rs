@@ -38,6 +38,17 @@ pub enum AuthRejection {
 }
 
 impl AuthRejection {
+    /// Every refusal, so that what documents the codes can be checked
+    /// against them (tests/openapi.rs). `every_refusal_is_listed` keeps it
+    /// complete.
+    pub const ALL: [AuthRejection; 5] = [
+        Self::Missing,
+        Self::Invalid,
+        Self::Expired,
+        Self::Revoked,
+        Self::Unavailable,
+    ];
+
     /// The documented code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -108,5 +119,30 @@ where
         Ok(Self(
             Authenticator::from_ref(state).authenticate(token).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_is_listed() {
+        let listed: std::collections::BTreeSet<usize> = AuthRejection::ALL
+            .iter()
+            // No wildcard arm: a new refusal does not compile until it has
+            // an arm (and REFUSALS counts it), and then this fails until
+            // ALL lists it.
+            .map(|refusal| match refusal {
+                AuthRejection::Missing => 0,
+                AuthRejection::Invalid => 1,
+                AuthRejection::Expired => 2,
+                AuthRejection::Revoked => 3,
+                AuthRejection::Unavailable => 4,
+            })
+            .collect();
+        // The number of arms above.
+        const REFUSALS: usize = 5;
+        assert_eq!(listed, (0..REFUSALS).collect(), "ALL misses a refusal");
     }
 }

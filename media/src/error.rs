@@ -107,6 +107,35 @@ impl MediaError {
         }
     }
 
+    /// One error of every kind, for the checks that every code is
+    /// documented (tests/openapi.rs); the test below keeps it complete.
+    pub fn every_kind() -> Vec<MediaError> {
+        vec![
+            Self::InvalidUpload(String::new()),
+            Self::LengthRequired,
+            Self::WrongContentType,
+            Self::TusVersion,
+            Self::TooLarge { max: 1 },
+            Self::PastLength { length: 1 },
+            Self::Quota("uploads per hour", Duration::from_secs(1)),
+            Self::TooManyUploads,
+            Self::NotFound,
+            Self::OffsetMismatch { sent: 0, offset: 1 },
+            Self::Incomplete {
+                offset: 0,
+                length: 1,
+            },
+            Self::ChecksumMismatch,
+            Self::RangeNotSatisfiable { size: 1 },
+            Self::Storage(object_store::Error::NotImplemented {
+                operation: String::new(),
+                implementer: String::new(),
+            }),
+            Self::Busy,
+            Self::Internal(String::new()),
+        ]
+    }
+
     /// Seconds after which the same request can succeed, if it can.
     fn retry_after(&self) -> Option<u64> {
         match self {
@@ -164,5 +193,39 @@ impl IntoResponse for MediaError {
             HeaderValue::from_static(crate::TUS_VERSION),
         );
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MediaError;
+
+    #[test]
+    fn every_kind_is_listed() {
+        let mut listed = std::collections::BTreeSet::new();
+        for error in MediaError::every_kind() {
+            // No wildcard arm: a new kind does not compile until it has an
+            // arm here, and then this fails until every_kind lists it.
+            let kind = match error {
+                MediaError::InvalidUpload(_) => 0,
+                MediaError::LengthRequired => 1,
+                MediaError::WrongContentType => 2,
+                MediaError::TusVersion => 3,
+                MediaError::TooLarge { .. } => 4,
+                MediaError::PastLength { .. } => 5,
+                MediaError::Quota(..) => 6,
+                MediaError::TooManyUploads => 7,
+                MediaError::NotFound => 8,
+                MediaError::OffsetMismatch { .. } => 9,
+                MediaError::Incomplete { .. } => 10,
+                MediaError::ChecksumMismatch => 11,
+                MediaError::RangeNotSatisfiable { .. } => 12,
+                MediaError::Storage(_) => 13,
+                MediaError::Busy => 14,
+                MediaError::Internal(_) => 15,
+            };
+            listed.insert(kind);
+        }
+        assert_eq!(listed.len(), 16);
     }
 }

@@ -34,17 +34,27 @@ impl FromRef<MediaState> for Authenticator {
 /// No request timeout either: an upload takes as long as the phone's
 /// network needs, bounded by the idle timeout between its bytes.
 pub fn router(state: MediaState) -> axum::Router {
-    axum::Router::new()
-        .route(ROUTES[0].0, post(create_upload).options(options_uploads))
+    // tus: every answer of its routes says Tus-Resumable, refusals of the
+    // credential included.
+    let tus = axum::Router::new()
+        .route(ROUTES[1].1, post(create_upload).options(options_uploads))
         .route(
-            ROUTES[1].0,
+            ROUTES[2].1,
             get(upload_result)
                 .head(upload_offset)
                 .patch(append)
                 .delete(terminate),
         )
-        .route(ROUTES[2].0, post(upload_whole))
-        .route(ROUTES[3].0, get(download).delete(delete_media))
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async {
+                tus_headers(&mut response);
+                response
+            },
+        ));
+    axum::Router::new()
+        .merge(tus)
+        .route(ROUTES[6].1, post(upload_whole))
+        .route(ROUTES[7].1, get(download).delete(delete_media))
         .with_state(state)
 }
 
@@ -223,7 +233,7 @@ async fn create_upload(
         .create(device, length, content_type, metadata, now_millis())
         .await?;
     let mut response = StatusCode::CREATED.into_response();
-    let location = format!("{}/{}", ROUTES[0].0, upload.id);
+    let location = format!("{}/{}", ROUTES[1].1, upload.id);
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);

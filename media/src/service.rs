@@ -752,9 +752,11 @@ impl Media {
         let done = match result {
             Ok(upload) => {
                 let offset = upload.offset();
-                upload
-                    .media
-                    .ok_or(MediaError::Incomplete { offset, length })
+                upload.media.ok_or_else(|| {
+                    MediaError::InvalidUpload(format!(
+                        "the body ended at byte {offset} of its Content-Length {length}"
+                    ))
+                })
             }
             Err(error) => Err(error),
         };

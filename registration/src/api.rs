@@ -66,32 +66,56 @@ use crate::store::{
 };
 use parley_identity::{Authenticator, BearerDevice, TokenKeys};
 
-/// Every route and the statuses it answers with (docs/protocol.md), so the
-/// server can show every `(route, status)` series from the start.
-pub const ROUTES: [(&str, &[u16]); 9] = [
+/// Every route (method and path) and the statuses it answers with
+/// (docs/protocol.md, docs/openapi.json), so the server can show every
+/// `(route, status)` series from the start, and tests/openapi.rs can check
+/// the OpenAPI document against it. [`router`] serves exactly these.
+pub const ROUTES: [(&str, &str, &[u16]); 10] = [
     (
+        "POST",
         "/v1/registration/code",
         &[202, 400, 413, 429, 500, 502, 503],
     ),
     (
+        "POST",
         "/v1/registration/verify",
         &[200, 400, 401, 404, 410, 413, 429, 500, 503],
     ),
-    ("/v1/contacts/lookup", &[200, 400, 401, 413, 429, 500, 503]),
-    ("/v1/devices/link-code", &[201, 401, 403, 409, 500, 503]),
     (
+        "POST",
+        "/v1/contacts/lookup",
+        &[200, 400, 401, 413, 429, 500, 503],
+    ),
+    (
+        "POST",
+        "/v1/devices/link-code",
+        &[201, 401, 403, 409, 500, 503],
+    ),
+    (
+        "POST",
         "/v1/devices/link",
         &[200, 400, 404, 409, 413, 429, 500, 503],
     ),
-    ("/v1/devices", &[200, 401, 500, 503]),
+    ("GET", "/v1/devices", &[200, 401, 500, 503]),
     (
+        "DELETE",
         "/v1/devices/{device_id}",
         &[204, 401, 403, 404, 409, 500, 503],
     ),
-    ("/v1/users/{user_id}/devices", &[200, 401, 404, 500, 503]),
     (
+        "GET",
+        "/v1/users/{user_id}/devices",
+        &[200, 401, 404, 500, 503],
+    ),
+    (
+        "PUT",
         "/v1/devices/self/push-token",
         &[204, 400, 401, 404, 413, 429, 500, 502, 503],
+    ),
+    (
+        "DELETE",
+        "/v1/devices/self/push-token",
+        &[204, 401, 500, 503],
     ),
 ];
 
@@ -491,16 +515,17 @@ pub fn router(state: RegistrationState) -> Router {
         ))
         .timeout(config.request_timeout);
     Router::new()
-        .route(ROUTES[0].0, post(request_code))
-        .route(ROUTES[1].0, post(verify))
-        .route(ROUTES[2].0, post(lookup))
-        .route(ROUTES[3].0, post(make_link_code))
-        .route(ROUTES[4].0, post(link))
-        .route(ROUTES[5].0, get(list_devices))
-        .route(ROUTES[6].0, delete(unlink))
-        .route(ROUTES[7].0, get(user_devices))
+        .route(ROUTES[0].1, post(request_code))
+        .route(ROUTES[1].1, post(verify))
+        .route(ROUTES[2].1, post(lookup))
+        .route(ROUTES[3].1, post(make_link_code))
+        .route(ROUTES[4].1, post(link))
+        .route(ROUTES[5].1, get(list_devices))
+        .route(ROUTES[6].1, delete(unlink))
+        .route(ROUTES[7].1, get(user_devices))
+        // ROUTES[8] and ROUTES[9]: one path, two methods.
         .route(
-            ROUTES[8].0,
+            ROUTES[8].1,
             put(crate::push::set_push_token).delete(crate::push::clear_push_token),
         )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

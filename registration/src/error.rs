@@ -165,6 +165,37 @@ impl AppError {
         }
     }
 
+    /// One error of every kind, so that what documents the codes can be
+    /// checked against them (tests/openapi.rs: each code is in
+    /// docs/openapi.json, at its status). The unit test
+    /// `every_kind_is_listed` keeps this complete.
+    pub fn every_kind() -> Vec<AppError> {
+        vec![
+            Self::InvalidPhone,
+            Self::InvalidRequest(String::new()),
+            Self::PayloadTooLarge,
+            Self::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            Self::WrongCode { attempts_left: 1 },
+            Self::NoPendingCode,
+            Self::CodeExpired,
+            Self::SmsFailed(SmsError::Provider(String::new())),
+            Self::PrimaryOnly,
+            Self::Forbidden,
+            Self::LinkCodeInvalid,
+            Self::NoSuchDevice,
+            Self::NoSuchUser,
+            Self::DeviceLimit { max: 1 },
+            Self::PrimaryDevice,
+            Self::InvalidPushToken(String::new()),
+            Self::PushPlatformUnavailable(parley_push::Platform::Fcm),
+            Self::PushFailed(String::new()),
+            Self::Unavailable,
+            Self::Internal(Internal::Other(String::new())),
+        ]
+    }
+
     /// Whole seconds to wait, rounded up and at least 1, so that a client
     /// retrying exactly then is not refused again.
     fn retry_after_secs(&self) -> Option<u64> {
@@ -268,6 +299,42 @@ mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["attempts_left"], 3);
         assert!(body["error"]["message"].is_string());
+    }
+
+    #[test]
+    fn every_kind_is_listed() {
+        let mut listed = std::collections::BTreeSet::new();
+        for error in AppError::every_kind() {
+            // No wildcard arm: a new kind does not compile until it has an
+            // arm (and KINDS counts it), and then this fails until
+            // every_kind lists it.
+            let kind = match error {
+                AppError::InvalidPhone => 0,
+                AppError::InvalidRequest(_) => 1,
+                AppError::PayloadTooLarge => 2,
+                AppError::RateLimited { .. } => 3,
+                AppError::WrongCode { .. } => 4,
+                AppError::NoPendingCode => 5,
+                AppError::CodeExpired => 6,
+                AppError::SmsFailed(_) => 7,
+                AppError::PrimaryOnly => 8,
+                AppError::Forbidden => 9,
+                AppError::LinkCodeInvalid => 10,
+                AppError::NoSuchDevice => 11,
+                AppError::NoSuchUser => 12,
+                AppError::DeviceLimit { .. } => 13,
+                AppError::PrimaryDevice => 14,
+                AppError::InvalidPushToken(_) => 15,
+                AppError::PushPlatformUnavailable(_) => 16,
+                AppError::PushFailed(_) => 17,
+                AppError::Unavailable => 18,
+                AppError::Internal(_) => 19,
+            };
+            assert!(listed.insert(kind), "kind {kind} is listed twice");
+        }
+        // The number of arms above.
+        const KINDS: usize = 20;
+        assert_eq!(listed, (0..KINDS).collect(), "every_kind misses a kind");
     }
 
     #[tokio::test]
