@@ -471,9 +471,20 @@ impl Media {
             }
             received += chunk.len() as u64;
             self.inner.metrics.received_bytes.inc_by(chunk.len() as u64);
-            buffer.extend_from_slice(&chunk);
-            while buffer.len() >= part_size {
-                let part = buffer.split_to(part_size).freeze();
+            // The buffer never holds more than a part: it fills to exactly
+            // a part, which goes to the store, and its memory is reused for
+            // the next one once the store is done with it.
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                if buffer.capacity() < part_size {
+                    buffer.reserve(part_size - buffer.len());
+                }
+                let take = (part_size - buffer.len()).min(rest.len());
+                buffer.extend_from_slice(&rest.split_to(take));
+                if buffer.len() < part_size {
+                    continue;
+                }
+                let part = buffer.split().freeze();
                 let id = match &multipart {
                     Some(id) => id.clone(),
                     None => {
