@@ -51,3 +51,18 @@ on_s3!(
     expired_media_and_uploads_are_swept,
     concurrent_uploads_are_bounded,
 );
+
+#[tokio::test]
+#[cfg_attr(
+    not(parley_moto),
+    ignore = "set PARLEY_TEST_MOTO (e.g. moto_server) to run against moto"
+)]
+async fn a_store_that_goes_away_answers_503() {
+    let mut moto = moto::Moto::start().await;
+    moto.create_bucket("parley-media").await;
+    let backend = Backend::S3 {
+        url: moto.url.clone(),
+        bucket: "parley-media".to_owned(),
+    };
+    media::a_store_that_goes_away_answers_503(&backend, || moto.stop()).await;
+}

@@ -9,8 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::eventually;
-
 /// How long moto may take to start (usually about a second).
 const MOTO_STARTUP: Duration = Duration::from_secs(60);
 
@@ -22,31 +20,45 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// Starts moto on a free loopback port. The port was free when picked,
+    /// but another test's server may take it before moto (a Python program,
+    /// slow to start on a loaded machine) binds it: moto then exits, and it
+    /// is started again on another port (at most 5 times).
     pub async fn start() -> Moto {
         let command = std::env::var("PARLEY_TEST_MOTO")
             .ok()
             .filter(|c| !c.is_empty())
             .expect("PARLEY_TEST_MOTO names the command that starts moto's server");
-        let port = free_port();
-        let child = Command::new(&command)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
-        let moto = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        eventually("moto answers", MOTO_STARTUP, || async {
-            moto.try_data()
-                .await
-                .map(|_| ())
-                .ok_or_else(|| "no answer yet".to_owned())
-        })
-        .await;
-        moto
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&command)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+            let mut moto = Moto {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            };
+            let deadline = std::time::Instant::now() + MOTO_STARTUP;
+            loop {
+                if moto.try_data().await.is_some() {
+                    return moto;
+                }
+                if let Ok(Some(_)) = moto.child.try_wait() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "moto did not answer within {MOTO_STARTUP:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            moto.stop();
+        }
+        panic!("moto exited at start 5 times (its port taken each time?)");
     }
 
     pub async fn try_data(&self) -> Option<serde_json::Value> {
