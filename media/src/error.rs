@@ -188,10 +188,7 @@ impl IntoResponse for MediaError {
             }
             _ => {}
         }
-        headers.insert(
-            "tus-resumable",
-            HeaderValue::from_static(crate::TUS_VERSION),
-        );
+        // Tus-Resumable: the tus routes' layer adds it to all their answers.
         response
     }
 }

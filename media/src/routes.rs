@@ -204,7 +204,6 @@ async fn options_uploads(State(state): State<MediaState>) -> Response {
         "tus-checksum-algorithm",
         HeaderValue::from_static("sha1,sha256"),
     );
-    tus_headers(&mut response);
     response
 }
 
@@ -240,11 +239,11 @@ async fn create_upload(
     }
     headers.insert("upload-offset", HeaderValue::from(0));
     headers.insert("upload-expires", http_date(upload.expires_ms));
-    tus_headers(&mut response);
     Ok(response)
 }
 
-/// The headers that tell an upload's state (HEAD and PATCH answers).
+/// The headers that tell an upload's state (HEAD and PATCH answers;
+/// `Tus-Resumable` is the tus routes' layer's).
 fn upload_headers(response: &mut Response, upload: &Upload) {
     let headers = response.headers_mut();
     headers.insert("upload-offset", HeaderValue::from(upload.offset()));
@@ -254,7 +253,6 @@ fn upload_headers(response: &mut Response, upload: &Upload) {
     {
         headers.insert("parley-media-id", id);
     }
-    tus_headers(response);
 }
 
 async fn upload_offset(
@@ -337,9 +335,7 @@ async fn terminate(
 ) -> Result<Response, MediaError> {
     tus_version(&headers)?;
     state.media.terminate(device, &id, now_millis()).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    tus_headers(&mut response);
-    Ok(response)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn upload_whole(

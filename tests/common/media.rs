@@ -180,20 +180,21 @@ impl Client {
         .await
     }
 
+    /// A tus PATCH at `offset`, its body (and any other header) to add.
+    pub fn patch_request(&self, upload: &str, offset: usize) -> reqwest::RequestBuilder {
+        self.request(Method::PATCH, upload)
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", offset.to_string())
+    }
+
     pub async fn patch(
         &self,
         upload: &str,
         offset: usize,
         body: impl Into<reqwest::Body>,
     ) -> Answer {
-        Client::send(
-            self.request(Method::PATCH, upload)
-                .header("tus-resumable", "1.0.0")
-                .header("content-type", "application/offset+octet-stream")
-                .header("upload-offset", offset.to_string())
-                .body(body),
-        )
-        .await
+        Client::send(self.patch_request(upload, offset).body(body)).await
     }
 
     pub async fn head(&self, upload: &str) -> Answer {
@@ -438,10 +439,7 @@ pub async fn over_the_limit_is_refused_and_leaves_nothing(backend: &Backend) {
     let upload = alice.create(8 * MIB + 10, "video/mp4").await;
     let answer = Client::send(
         alice
-            .request(Method::PATCH, &upload)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
+            .patch_request(&upload, 0)
             .header("content-length", (8 * MIB + 11).to_string())
             .body(stalled_body(b"more than was said")),
     )
@@ -457,10 +455,7 @@ pub async fn over_the_limit_is_refused_and_leaves_nothing(backend: &Backend) {
         .collect();
     let answer = Client::send(
         alice
-            .request(Method::PATCH, &upload)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
+            .patch_request(&upload, 0)
             .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
                 chunks,
             ))),
@@ -622,10 +617,7 @@ pub async fn tus_refusals_keep_the_upload_intact(backend: &Backend) {
     let patch_with = |checksum: String, body: Vec<u8>| {
         Client::send(
             alice
-                .request(Method::PATCH, &upload)
-                .header("tus-resumable", "1.0.0")
-                .header("content-type", "application/offset+octet-stream")
-                .header("upload-offset", "400")
+                .patch_request(&upload, 400)
                 .header("upload-checksum", checksum)
                 .body(body),
         )
@@ -704,10 +696,7 @@ pub async fn a_cut_off_body_keeps_what_arrived(backend: &Backend) {
     }));
     let patch = tokio::spawn({
         let request = alice
-            .request(Method::PATCH, &upload)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
+            .patch_request(&upload, 0)
             .body(reqwest::Body::wrap_stream(body));
         async move { request.send().await }
     });
@@ -824,10 +813,7 @@ pub async fn concurrent_uploads_are_bounded(backend: &Backend) {
             }));
     let slow = tokio::spawn({
         let request = alice
-            .request(Method::PATCH, &first)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
+            .patch_request(&first, 0)
             .body(reqwest::Body::wrap_stream(body));
         async move { request.send().await.map(|r| r.status()) }
     });
