@@ -47,23 +47,7 @@ impl Person {
 
     /// `parley-cli` in this person's environment, nothing else set.
     fn bare_cli(&self) -> Command {
-        let mut command = Command::new(cli_binary());
-        command
-            .env("HOME", self.home.path())
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("RUST_BACKTRACE", "1")
-            .env_remove("RUST_LOG")
-            .env_remove("PARLEY_HTTP")
-            .env_remove("PARLEY_WS")
-            .env_remove("PARLEY_CA")
-            .env_remove("PARLEY_PROFILE")
-            .env_remove("PARLEY_PROFILE_DIR")
-            .current_dir(self.home.path().join("work"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
+        cli_in(self.home.path())
     }
 
     /// Runs `parley-cli --profile PROFILE ARGS...` to the end.

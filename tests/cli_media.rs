@@ -56,23 +56,8 @@ impl People {
     }
 
     fn cli(&self, profile: &str) -> Command {
-        let mut command = Command::new(cli_binary());
-        command
-            .env("HOME", self.home.path())
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("RUST_BACKTRACE", "1")
-            .env_remove("RUST_LOG")
-            .env_remove("PARLEY_HTTP")
-            .env_remove("PARLEY_WS")
-            .env_remove("PARLEY_CA")
-            .env_remove("PARLEY_PROFILE")
-            .env_remove("PARLEY_PROFILE_DIR")
-            .current_dir(self.work())
-            .args(["--profile", profile])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut command = cli_in(self.home.path());
+        command.args(["--profile", profile]);
         command
     }
 

@@ -1,7 +1,8 @@
 //! Running the real `parley-cli` binary from a test: building it, running
 //! it to the end or reading its output while it runs, and checking how it
-//! ended. Shared by `tests/cli.rs` and `tests/cli_devices.rs` (included
-//! with `#[path]`, so the other test binaries do not compile it).
+//! ended. Shared by `tests/cli.rs`, `tests/cli_devices.rs` and
+//! `tests/cli_media.rs` (included with `#[path]`, so the other test
+//! binaries do not compile it).
 
 #![allow(dead_code)] // each including test uses a part
 
@@ -10,7 +11,9 @@ use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::time::{Instant, timeout};
 
@@ -19,6 +22,30 @@ use crate::common::TestServer;
 /// How long one CLI run may take before the test gives up on it: far more
 /// than any run needs, so a busy machine does not change the outcome.
 pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// `parley-cli` as run by someone whose home folder is `home`: its
+/// configuration in `home/config`, run from `home/work`, no `PARLEY_*`
+/// endpoint or profile from the test's own environment, output piped, no
+/// input; killed if the test drops it. Nothing else set.
+pub fn cli_in(home: &Path) -> Command {
+    let mut command = Command::new(cli_binary());
+    command
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("PARLEY_HTTP")
+        .env_remove("PARLEY_WS")
+        .env_remove("PARLEY_CA")
+        .env_remove("PARLEY_PROFILE")
+        .env_remove("PARLEY_PROFILE_DIR")
+        .current_dir(home.join("work"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
 
 /// The `parley-cli` binary of this build profile, next to this test's
 /// executable (`target/<profile>/parley-cli`). It belongs to another
