@@ -155,6 +155,14 @@ impl From<object_store::Error> for MediaError {
     }
 }
 
+/// For handlers that answer `Result<Response, Response>` (those that read
+/// what is left of a refused body first).
+impl From<MediaError> for Response {
+    fn from(error: MediaError) -> Self {
+        error.into_response()
+    }
+}
+
 impl IntoResponse for MediaError {
     fn into_response(self) -> Response {
         match &self {

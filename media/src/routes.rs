@@ -9,8 +9,9 @@ use axum::extract::{FromRef, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use parley_identity::{Authenticator, BearerDevice};
+use parley_identity::{AuthRejection, Authenticator, BearerDevice};
 use ring::digest;
 
 use crate::error::MediaError;
@@ -278,38 +279,71 @@ async fn upload_offset(
 
 async fn append(
     State(state): State<MediaState>,
-    BearerDevice(device): BearerDevice,
+    auth: Result<BearerDevice, AuthRejection>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, MediaError> {
-    tus_version(&headers)?;
-    let essence = header_str(&headers, "content-type")
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
-    if essence != Some(OFFSET_OCTET_STREAM) {
-        return Err(MediaError::WrongContentType);
+) -> Response {
+    let mut body = body.into_data_stream();
+    let answer = async {
+        let BearerDevice(device) = auth.map_err(IntoResponse::into_response)?;
+        tus_version(&headers)?;
+        let essence = header_str(&headers, "content-type")
+            .and_then(|v| v.split(';').next())
+            .map(str::trim);
+        if essence != Some(OFFSET_OCTET_STREAM) {
+            return Err(MediaError::WrongContentType.into_response());
+        }
+        let offset = number(&headers, "upload-offset")?
+            .ok_or_else(|| MediaError::InvalidUpload("send Upload-Offset".into()))?;
+        let checksum = checksum(&headers)?;
+        let patch = Patch {
+            offset,
+            length: number(&headers, "content-length")?,
+            checksum,
+        };
+        let upload = state
+            .media
+            .append(device, &id, patch, &mut body, now_millis())
+            .await?;
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        upload_headers(&mut response, &upload);
+        Ok::<_, Response>(response)
     }
-    let offset = number(&headers, "upload-offset")?
-        .ok_or_else(|| MediaError::InvalidUpload("send Upload-Offset".into()))?;
-    let checksum = checksum(&headers)?;
-    let upload = state
-        .media
-        .append(
-            device,
-            &id,
-            Patch {
-                offset,
-                length: number(&headers, "content-length")?,
-                checksum,
-            },
-            body.into_data_stream(),
-            now_millis(),
-        )
-        .await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    upload_headers(&mut response, &upload);
-    Ok(response)
+    .await;
+    refused_after_drain(answer, &mut body).await
+}
+
+/// How much of a refused request's body is read (and dropped) before the
+/// refusal is answered, at most, and for how long. A client still sending
+/// when the server answers and closes would see its connection reset (the
+/// unread bytes make the server's kernel answer with RST, which can
+/// discard the answer before the client reads it) instead of the code.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// `answer`, once what is left of `body` (up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIME`]) has been read, if it is a refusal.
+async fn refused_after_drain(
+    answer: Result<Response, Response>,
+    body: &mut axum::body::BodyDataStream,
+) -> Response {
+    match answer {
+        Ok(response) => response,
+        Err(refusal) => {
+            let mut left = DRAIN_LIMIT;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while let Some(Ok(chunk)) = body.next().await {
+                    left = left.saturating_sub(chunk.len());
+                    if left == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            refusal
+        }
+    }
 }
 
 async fn upload_result(
@@ -340,44 +374,46 @@ async fn terminate(
 
 async fn upload_whole(
     State(state): State<MediaState>,
-    BearerDevice(device): BearerDevice,
+    auth: Result<BearerDevice, AuthRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, MediaError> {
-    // HTTP/1.1: a request with neither Content-Length nor Transfer-Encoding
-    // has an empty body; a chunked one has a length nobody told.
-    let length = match number(&headers, "content-length")? {
-        Some(length) => length,
-        None if headers.contains_key(header::TRANSFER_ENCODING) => {
-            return Err(MediaError::LengthRequired);
+) -> Response {
+    let mut body = body.into_data_stream();
+    let answer = async {
+        let BearerDevice(device) = auth.map_err(IntoResponse::into_response)?;
+        // HTTP/1.1: a request with neither Content-Length nor
+        // Transfer-Encoding has an empty body; a chunked one has a length
+        // nobody told.
+        let length = match number(&headers, "content-length")? {
+            Some(length) => length,
+            None if headers.contains_key(header::TRANSFER_ENCODING) => {
+                return Err(MediaError::LengthRequired.into_response());
+            }
+            None => 0,
+        };
+        let content_type = match header_str(&headers, "content-type") {
+            None | Some("") => DEFAULT_CONTENT_TYPE.to_owned(),
+            Some(value) if is_content_type(value) => value.to_owned(),
+            Some(value) => {
+                return Err(MediaError::InvalidUpload(format!(
+                    "Content-Type must be a media type such as image/jpeg, not {value:?}"
+                ))
+                .into_response());
+            }
+        };
+        let media = state
+            .media
+            .put(device, length, content_type, &mut body, now_millis())
+            .await?;
+        let info = MediaInfo::from(&media);
+        let mut response = (StatusCode::CREATED, Json(&info)).into_response();
+        if let Ok(location) = HeaderValue::from_str(&info.url) {
+            response.headers_mut().insert(header::LOCATION, location);
         }
-        None => 0,
-    };
-    let content_type = match header_str(&headers, "content-type") {
-        None | Some("") => DEFAULT_CONTENT_TYPE.to_owned(),
-        Some(value) if is_content_type(value) => value.to_owned(),
-        Some(value) => {
-            return Err(MediaError::InvalidUpload(format!(
-                "Content-Type must be a media type such as image/jpeg, not {value:?}"
-            )));
-        }
-    };
-    let media = state
-        .media
-        .put(
-            device,
-            length,
-            content_type,
-            body.into_data_stream(),
-            now_millis(),
-        )
-        .await?;
-    let info = MediaInfo::from(&media);
-    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&info.url) {
-        response.headers_mut().insert(header::LOCATION, location);
+        Ok::<_, Response>(response)
     }
-    Ok(response)
+    .await;
+    refused_after_drain(answer, &mut body).await
 }
 
 /// The one byte range `value` asks of `size` bytes (end exclusive):
