@@ -13,55 +13,37 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use parley_router::ratelimit::{Rate, TokenBucket};
+
 use crate::config::MediaConfig;
 use crate::error::MediaError;
 
-/// Users tracked at once; past it, users whose buckets are full again are
-/// forgotten, and if none is, new uploads are refused (memory stays bounded).
+/// Users tracked at once; past it, users who have not started an upload
+/// for a day (whose buckets are full again) are forgotten, and if none
+/// is, new uploads are refused (memory stays bounded).
 const MAX_TRACKED_USERS: usize = 1_000_000;
 
-/// A token bucket: `capacity` at once, refilled at `per_second`.
+/// Both buckets refill completely within this: a user idle this long is
+/// as good as untracked.
+const REFILLED: Duration = Duration::from_secs(24 * 3600);
+
+/// `capacity` at once, all of it back over `period`.
+fn rate(capacity: u64, period: Duration) -> Rate {
+    let capacity = capacity.max(1) as f64;
+    Rate::new(capacity, capacity / period.as_secs_f64())
+}
+
+/// One user's quotas: uploads, bytes, and when they last took from them.
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl Bucket {
-    fn level(&self, now: Instant, capacity: f64, per_second: f64) -> f64 {
-        (self.tokens + now.duration_since(self.updated).as_secs_f64() * per_second).min(capacity)
-    }
-}
-
-#[derive(Debug)]
-struct Rate {
-    capacity: f64,
-    per_second: f64,
-}
-
-impl Rate {
-    fn new(capacity: u64, period: Duration) -> Self {
-        let capacity = capacity.max(1) as f64;
-        Self {
-            capacity,
-            per_second: capacity / period.as_secs_f64(),
-        }
-    }
-
-    /// How long until `cost` tokens are there, from `level`.
-    fn wait(&self, level: f64, cost: f64) -> Duration {
-        if cost > self.capacity {
-            // Never, in one bucket: the refused upload is larger than a
-            // day's bytes. Say "a full period".
-            return Duration::from_secs_f64(self.capacity / self.per_second);
-        }
-        Duration::from_secs_f64(((cost - level) / self.per_second).max(1.0))
-    }
+struct Quota {
+    uploads: TokenBucket,
+    bytes: TokenBucket,
+    used: Instant,
 }
 
 #[derive(Debug)]
 pub(crate) struct Quotas {
-    users: Mutex<HashMap<u64, (Bucket, Bucket)>>,
+    users: Mutex<HashMap<u64, Quota>>,
     uploads: Rate,
     bytes: Rate,
     /// Uploads receiving bytes now, per user.
@@ -74,11 +56,11 @@ impl Quotas {
     pub(crate) fn new(config: &MediaConfig) -> Self {
         Self {
             users: Mutex::new(HashMap::new()),
-            uploads: Rate::new(
+            uploads: rate(
                 u64::from(config.uploads_per_hour),
                 Duration::from_secs(3600),
             ),
-            bytes: Rate::new(config.bytes_per_day, Duration::from_secs(24 * 3600)),
+            bytes: rate(config.bytes_per_day, REFILLED),
             active: Mutex::new(HashMap::new()),
             per_user: config.concurrent_per_user.max(1),
             all: Arc::new(Semaphore::new(config.concurrent.max(1))),
@@ -88,14 +70,14 @@ impl Quotas {
     /// Takes one upload and `bytes` of `user`'s quotas, or neither.
     pub(crate) fn take(&self, user: u64, bytes: u64) -> Result<(), MediaError> {
         let now = Instant::now();
+        let cost = bytes as f64;
+        if cost > self.bytes.burst {
+            // Never, in one bucket: larger than a day's bytes. Say "a day".
+            return Err(MediaError::Quota("bytes per day", REFILLED));
+        }
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         if users.len() >= MAX_TRACKED_USERS && !users.contains_key(&user) {
-            users.retain(|_, (uploads, stored)| {
-                uploads.level(now, self.uploads.capacity, self.uploads.per_second)
-                    < self.uploads.capacity
-                    || stored.level(now, self.bytes.capacity, self.bytes.per_second)
-                        < self.bytes.capacity
-            });
+            users.retain(|_, quota| now.saturating_duration_since(quota.used) < REFILLED);
             if users.len() >= MAX_TRACKED_USERS {
                 return Err(MediaError::Quota(
                     "the server tracks too many uploaders",
@@ -103,36 +85,21 @@ impl Quotas {
                 ));
             }
         }
-        let full = |rate: &Rate| Bucket {
-            tokens: rate.capacity,
-            updated: now,
-        };
-        let (uploads, stored) = users
-            .entry(user)
-            .or_insert_with(|| (full(&self.uploads), full(&self.bytes)));
-        let upload_level = uploads.level(now, self.uploads.capacity, self.uploads.per_second);
-        if upload_level < 1.0 {
-            return Err(MediaError::Quota(
-                "uploads per hour",
-                self.uploads.wait(upload_level, 1.0),
-            ));
-        }
-        let cost = bytes as f64;
-        let byte_level = stored.level(now, self.bytes.capacity, self.bytes.per_second);
-        if byte_level < cost {
-            return Err(MediaError::Quota(
-                "bytes per day",
-                self.bytes.wait(byte_level, cost),
-            ));
-        }
-        *uploads = Bucket {
-            tokens: upload_level - 1.0,
-            updated: now,
-        };
-        *stored = Bucket {
-            tokens: byte_level - cost,
-            updated: now,
-        };
+        let quota = users.entry(user).or_insert_with(|| Quota {
+            uploads: TokenBucket::new(self.uploads, now),
+            bytes: TokenBucket::new(self.bytes, now),
+            used: now,
+        });
+        // On copies, so that a refusal of the second takes nothing of the first.
+        let mut next = *quota;
+        next.uploads
+            .take(self.uploads, 1.0, now)
+            .map_err(|wait| MediaError::Quota("uploads per hour", wait))?;
+        next.bytes
+            .take(self.bytes, cost, now)
+            .map_err(|wait| MediaError::Quota("bytes per day", wait))?;
+        next.used = now;
+        *quota = next;
         Ok(())
     }
 
