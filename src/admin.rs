@@ -249,10 +249,18 @@ pub async fn tick(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        let started = std::time::Instant::now();
         router.census().await;
         ticks += 1;
         if ticks.is_multiple_of(EXPIRY_EVERY_TICKS) {
             router.expire(now_ms()).await;
+        }
+        let took = started.elapsed();
+        if took >= Duration::from_millis(20) {
+            tracing::warn!(
+                elapsed_ms = took.as_millis() as u64,
+                "slow census or expiry sweep (they hold the mailbox locks)"
+            );
         }
         for (i, (name, counter)) in rated.iter().enumerate() {
             let now = counter.get();

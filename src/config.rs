@@ -420,6 +420,13 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_JOURNAL_CACHE_MIB", value_name = "MIB")]
     pub journal_cache_mib: Option<usize>,
 
+    /// The least time in microseconds from one journal commit's start to
+    /// the next one's: changes that arrive sooner share the next commit
+    /// (fewer fsyncs; each waits at most this long more). 0: commit back
+    /// to back; at most 100000. [default: 1000]
+    #[arg(long, env = "PARLEY_JOURNAL_COMMIT_GAP_US", value_name = "US")]
+    pub journal_commit_gap_us: Option<u64>,
+
     /// How registration codes are sent: `outbox` (written to
     /// <data-dir>/outbox.jsonl, nothing leaves the machine) or `sns` (SMS
     /// through AWS SNS; region and credentials from the standard AWS
@@ -882,6 +889,9 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| data_dir.join("journal.redb")),
                 cache_bytes: journal_cache_mib.saturating_mul(1024 * 1024),
+                commit_gap: Duration::from_micros(
+                    s.journal_commit_gap_us.unwrap_or(1000).min(100_000),
+                ),
                 ..JournalConfig::at("")
             }),
         };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use parley_bench::scenario::{
-    self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, MediaArgs, OfflineArgs,
+    self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, MediaArgs, OfflineArgs, PhonesArgs,
 };
 
 /// Parley's load generator. Every scenario is bounded in time and count,
@@ -26,6 +26,10 @@ enum Command {
     Chat(ChatArgs),
     /// Chat at a given rate (half the chat maximum): send-to-receipt latency.
     Latency(ChatArgs),
+    /// The real workload: many sessions, few messages each (5,000 pairs,
+    /// 64-byte bodies, 3,000 msgs/s): server and generator CPU per message,
+    /// deliver and receipt latency, stalls.
+    Phones(PhonesArgs),
     /// Queue messages for offline users: memory per message, drain rate.
     Offline(OfflineArgs),
     /// The same loads against the built-in echo server: the machine's floor.
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Latency(a) => current_thread()?
             .block_on(scenario::chat(a, "latency"))
             .map(drop),
+        Command::Phones(a) => current_thread()?.block_on(scenario::phones(a)).map(drop),
         Command::Offline(a) => current_thread()?.block_on(scenario::offline(a)).map(drop),
         Command::Floor(a) => current_thread()?.block_on(scenario::floor(a)).map(drop),
         Command::Media(a) => current_thread()?.block_on(scenario::media(a)).map(drop),

@@ -128,6 +128,7 @@ impl RunResult {
             ("deliver", &h.deliver),
             ("receipt", &h.receipt),
             ("echo", &h.echo),
+            ("lag", &h.lag),
         ] {
             if !hist.is_empty() {
                 self.latency.insert(name.into(), hist.summary());

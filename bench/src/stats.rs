@@ -330,6 +330,10 @@ pub struct Hists {
     pub receipt: Latency,
     /// Intended send time to the echo (floor).
     pub echo: Latency,
+    /// Intended send time to the moment the generator wrote the send: its
+    /// own lateness (timer resolution, a busy generator), which every other
+    /// latency includes.
+    pub lag: Latency,
 }
 
 impl Hists {
@@ -339,6 +343,7 @@ impl Hists {
         self.deliver.merge(&o.deliver);
         self.receipt.merge(&o.receipt);
         self.echo.merge(&o.echo);
+        self.lag.merge(&o.lag);
     }
 }
 
@@ -352,6 +357,9 @@ pub struct Report {
     /// The server's CPU time over the run, when the coordinator could read
     /// it (`--server-pid`); workers leave it empty.
     pub server_cpu_secs: Option<f64>,
+    /// The load generator's CPU time over the same span (its workers and
+    /// coordinator), filled in by the coordinator.
+    pub generator_cpu_secs: Option<f64>,
 }
 
 impl Report {

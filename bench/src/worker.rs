@@ -187,6 +187,8 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[derive(Debug)]
 pub struct Fleet {
     workers: Vec<WorkerProc>,
+    /// [`Fleet::cpu_secs`] when the last report came in.
+    pub cpu_at_done: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -222,11 +224,27 @@ impl Fleet {
                 lines: BufReader::new(stdout).lines(),
             });
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            cpu_at_done: None,
+        })
     }
 
     pub fn len(&self) -> usize {
         self.workers.len()
+    }
+
+    /// The worker processes' CPU time so far (user and system), in seconds,
+    /// with this coordinator's own: the generator's cost, to report beside
+    /// the server's.
+    pub fn cpu_secs(&self) -> f64 {
+        let own = crate::procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
+        own + self
+            .workers
+            .iter()
+            .filter_map(|w| w.child.id())
+            .filter_map(|pid| crate::procfs::cpu_secs(pid).ok())
+            .sum::<f64>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -272,6 +290,9 @@ impl Fleet {
                 ToCoordinator::Ready { .. } => bail!("a worker said ready twice"),
             }
         }
+        // Before they are reaped: a finished worker is a zombie until then,
+        // and its CPU times are still in /proc.
+        self.cpu_at_done = Some(self.cpu_secs());
         for w in &mut self.workers {
             w.stdin = None;
             let _ = timeout(Duration::from_secs(10), w.child.wait()).await;

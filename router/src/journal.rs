@@ -62,6 +62,9 @@ const FORMAT_V1: u8 = 1;
 /// about a millisecond), small enough to bound one commit's latency.
 pub(crate) const MAX_BATCH: usize = 4096;
 
+/// A commit that takes this long is logged (at `warn`).
+const SLOW_COMMIT: Duration = Duration::from_millis(20);
+
 /// Where and how the journal is kept.
 #[derive(Clone, Debug)]
 pub struct JournalConfig {
@@ -76,6 +79,15 @@ pub struct JournalConfig {
     pub compact_slack_bytes: u64,
     /// How often the committer looks at the file's size.
     pub compact_check: Duration,
+    /// The least time from one commit's start to the next one's: ops that
+    /// arrive sooner gather into the next commit. A commit costs about the
+    /// same whatever it holds (an fsync and redb's page writes), so a
+    /// committer that starts the next commit the moment the last one ends
+    /// spends the same share of a core at any load; this paces it. Zero:
+    /// back to back. An op that arrives after a quiet spell longer than
+    /// this commits at once; under heavy load commits take longer than this
+    /// and it never waits.
+    pub commit_gap: Duration,
 }
 
 impl JournalConfig {
@@ -86,6 +98,7 @@ impl JournalConfig {
             cache_bytes: 64 * 1024 * 1024,
             compact_slack_bytes: 64 * 1024 * 1024,
             compact_check: Duration::from_secs(10),
+            commit_gap: Duration::ZERO,
         }
     }
 }
@@ -570,6 +583,7 @@ impl Journal {
             live_bytes,
             slack: config.compact_slack_bytes,
             check_every: config.compact_check,
+            commit_gap: config.commit_gap,
             checked: Instant::now(),
             compacted_to: file_len(&config.path),
             metrics,
@@ -816,6 +830,7 @@ struct Committer {
     live_bytes: u64,
     slack: u64,
     check_every: Duration,
+    commit_gap: Duration,
     checked: Instant,
     /// The file's size after the last compaction: the next one waits until
     /// the file has grown by the slack past it, so a file that compaction
@@ -860,6 +875,7 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
     // Wakes up now and then when idle too: the commits that drained a
     // burst are the last for a while, and the file should shrink after them.
     let idle_check = committer.check_every.max(Duration::from_millis(50));
+    let mut last_started: Option<Instant> = None;
     loop {
         let op = match ops.recv_timeout(idle_check) {
             Ok(op) => op,
@@ -880,11 +896,36 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
                 Err(_) => break,
             }
         }
+        // Paced: not sooner than the gap after the last commit started.
+        if let Some(last) = last_started {
+            let due = last + committer.commit_gap;
+            while batch.len() < MAX_BATCH {
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                match ops.recv_timeout(due - now) {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
         let mut backoff = Duration::from_millis(10);
+        last_started = Some(Instant::now());
         loop {
             let started = Instant::now();
             match write(&committer.db, &batch, &mut scratch) {
                 Ok(written) => {
+                    let took = started.elapsed();
+                    if took >= SLOW_COMMIT {
+                        // Every sender and recipient of the batch waited
+                        // this long: the disk is the first suspect.
+                        tracing::warn!(
+                            elapsed_ms = took.as_millis() as u64,
+                            ops = batch.len(),
+                            "slow journal commit"
+                        );
+                    }
                     committer.live_bytes =
                         (committer.live_bytes + written.added).saturating_sub(written.removed);
                     metrics.commits.inc();

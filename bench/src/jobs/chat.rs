@@ -175,7 +175,7 @@ async fn sender_loop(
         receipt_ids: Vec::with_capacity(READ_BATCH),
     };
     let (mut due_end, mut next) = (0, 0);
-    let mut next_ping = Instant::now() + ctx.ping;
+    let mut next_ping = ctx.first_ping();
     let result: Result<(), ConnError> = async {
         loop {
             due_end = due_end.max(schedule.take_due(Instant::now()).end);
@@ -190,6 +190,10 @@ async fn sender_loop(
                 wrote = true;
                 let mut rec = ctx.rec();
                 rec.report.counters.sent += 1;
+                rec.report
+                    .hists
+                    .lag
+                    .record(Instant::now().saturating_duration_since(intended));
                 rec.second(intended.into_std()).sent += 1;
             }
             if wrote {
@@ -321,7 +325,7 @@ async fn recipient_loop(ctx: Arc<Ctx>, mut conn: Conn, mut halt: watch::Receiver
     let mut last_seq = 0;
     let mut ids = Vec::with_capacity(READ_BATCH);
     let mut receipt_ids = Vec::with_capacity(READ_BATCH);
-    let mut next_ping = Instant::now() + ctx.ping;
+    let mut next_ping = ctx.first_ping();
     let result: Result<(), ConnError> = async {
         loop {
             tokio::select! {
@@ -459,6 +463,10 @@ async fn echo_loop(
                 wrote = true;
                 let mut rec = ctx.rec();
                 rec.report.counters.sent += 1;
+                rec.report
+                    .hists
+                    .lag
+                    .record(Instant::now().saturating_duration_since(intended));
                 rec.second(intended.into_std()).sent += 1;
             }
             if wrote {

@@ -46,6 +46,8 @@ pub struct Ctx {
     pub epoch: Instant,
     /// Interval of keepalive pings.
     pub ping: Duration,
+    /// Sessions that asked for their first ping time so far.
+    pingers: AtomicU64,
     errors_seen: AtomicU64,
 }
 
@@ -63,6 +65,15 @@ impl Ctx {
     /// The instant a stamp stands for.
     pub fn unstamp(&self, ns: u64) -> Instant {
         self.epoch + Duration::from_nanos(ns)
+    }
+
+    /// When a session's first keepalive ping is due: spread over one
+    /// interval (the n-th session at the fractional part of n × the golden
+    /// ratio), so that the sessions of a run do not all ping in the same
+    /// millisecond, which would set the tail latency of every long run.
+    pub fn first_ping(&self) -> Instant {
+        let n = self.pingers.fetch_add(1, Ordering::Relaxed);
+        Instant::now() + self.ping.mul_f64(spread(n))
     }
 
     /// Prints the first few errors; counting them is the caller's job.
@@ -159,6 +170,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
         rec: Mutex::new(Recorder::new(series_secs)),
         epoch: Instant::now(),
         ping: Duration::from_secs(ping_secs.max(1)),
+        pingers: AtomicU64::new(0),
         errors_seen: AtomicU64::new(0),
     });
     let report = match spec.job.clone() {
@@ -232,7 +244,35 @@ fn ensure_files(needed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fractional part of `n` × the golden ratio: evenly spread over
+/// [0, 1) for any number of consecutive `n`.
+fn spread(n: u64) -> f64 {
+    const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
+    (n as f64 * PHI_FRACTION).fract()
+}
+
 /// Waits for `halt` to turn true.
 pub async fn halted(halt: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = halt.wait_for(|h| *h).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn first_pings_spread_over_the_whole_interval() {
+        // 10,000 sessions in 10 buckets of the interval: none empty, none
+        // holding more than 11 % of them.
+        let mut buckets = [0u32; 10];
+        for n in 0..10_000 {
+            let f = spread(n);
+            assert!((0.0..1.0).contains(&f));
+            buckets[(f * 10.0) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (900..=1100).contains(&b)),
+            "{buckets:?}"
+        );
+    }
 }
