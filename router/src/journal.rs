@@ -49,8 +49,16 @@ use tokio::sync::oneshot;
 use crate::metrics::JournalMetrics;
 use crate::{Device, DeviceId, UserId};
 
+mod wal;
+pub use wal::LogError;
+pub use wal::path_of as log_path;
+
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 const SENT: TableDefinition<u64, &[u8]> = TableDefinition::new("sent");
+/// Settings of the file itself: [`LOG_TOKEN`].
+const META: TableDefinition<u64, u64> = TableDefinition::new("meta");
+/// The token of the log that belongs to this file (see `wal`).
+const LOG_TOKEN: u64 = 0;
 
 /// The format this release writes.
 const FORMAT: u8 = 2;
@@ -61,6 +69,9 @@ const FORMAT_V1: u8 = 1;
 /// never the limit (docs/journal-storage.md: ~500-record batches commit in
 /// about a millisecond), small enough to bound one commit's latency.
 pub(crate) const MAX_BATCH: usize = 4096;
+
+/// A log holding this much is applied to the journal file now.
+pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A commit that takes this long is logged (at `warn`).
 const SLOW_COMMIT: Duration = Duration::from_millis(20);
@@ -88,6 +99,11 @@ pub struct JournalConfig {
     /// this commits at once; under heavy load commits take longer than this
     /// and it never waits.
     pub commit_gap: Duration,
+    /// How often the log's commits are applied to the journal file (one
+    /// redb transaction for all of them, after which the log is emptied).
+    /// Also at shutdown, before a backup or compaction, and when the log
+    /// holds [`CHECKPOINT_BYTES`].
+    pub checkpoint_every: Duration,
 }
 
 impl JournalConfig {
@@ -99,6 +115,7 @@ impl JournalConfig {
             compact_slack_bytes: 64 * 1024 * 1024,
             compact_check: Duration::from_secs(10),
             commit_gap: Duration::ZERO,
+            checkpoint_every: Duration::from_millis(100),
         }
     }
 }
@@ -138,6 +155,16 @@ pub enum JournalError {
     },
     #[error("journal backup: the journal is not running")]
     Stopped,
+    #[error("journal log {path}: {source}")]
+    Log {
+        path: String,
+        #[source]
+        source: LogError,
+    },
+    #[error(
+        "journal log {path} does not belong to the journal beside it (a restored backup?): it holds changes that were never applied to it. Move the log away to start from the journal alone"
+    )]
+    LogMismatch { path: String },
 }
 
 /// How a format-1 journal's records find their devices: the device each
@@ -451,6 +478,8 @@ pub(crate) struct Replayed {
     pub(crate) live_bytes: u64,
     /// What an upgrade from format 1 did, if one ran.
     pub(crate) upgraded: Option<Upgraded>,
+    /// Ops the log held (commits since the last checkpoint), applied.
+    pub(crate) log_ops: usize,
 }
 
 /// An upgrade from format 1, in numbers.
@@ -524,7 +553,7 @@ impl Journal {
     pub(crate) fn open(
         config: &JournalConfig,
         upgrade: Option<Upgrade<'_>>,
-    ) -> Result<(redb::Database, Replayed), JournalError> {
+    ) -> Result<(Store, Replayed), JournalError> {
         let path = config.path.display().to_string();
         let fail = |source: redb::Error| JournalError::Open {
             path: path.clone(),
@@ -541,6 +570,7 @@ impl Journal {
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(QUEUE).map_err(|e| fail(e.into()))?;
         txn.open_table(SENT).map_err(|e| fail(e.into()))?;
+        txn.open_table(META).map_err(|e| fail(e.into()))?;
         txn.commit().map_err(|e| fail(e.into()))?;
 
         let mut replayed = Replayed::default();
@@ -549,6 +579,7 @@ impl Journal {
                 upgrade.ok_or_else(|| JournalError::NeedsUpgrade { path: path.clone() })?;
             replayed.upgraded = Some(upgrade_v1(&db, &path, upgrade)?);
         }
+        let wal = replay_log(&db, &config.path, &mut replayed)?;
         let mut live_bytes: u64 = 0;
         {
             let txn = db.begin_read().map_err(|e| fail(e.into()))?;
@@ -565,20 +596,25 @@ impl Journal {
         }
         replayed.file_bytes = (before, file_len(&config.path));
         replayed.live_bytes = live_bytes;
-        Ok((db, replayed))
+        Ok((Store { db, wal }, replayed))
     }
 
     /// Starts the committer on `db`.
     pub(crate) fn start(
-        db: redb::Database,
+        store: Store,
         live_bytes: u64,
         config: &JournalConfig,
         on_durable: OnDurable,
         metrics: JournalMetrics,
     ) -> Result<Self, JournalError> {
         let (ops, rx) = mpsc::channel();
+        let Store { db, wal } = store;
         let mut committer = Committer {
             db,
+            wal,
+            pending: Vec::new(),
+            checkpointed: Instant::now(),
+            checkpoint_every: config.checkpoint_every,
             path: config.path.clone(),
             live_bytes,
             slack: config.compact_slack_bytes,
@@ -633,6 +669,99 @@ impl Drop for Journal {
                 tracing::error!("journal committer panicked");
             }
         }
+    }
+}
+
+/// The journal's files, open: redb and its log.
+#[derive(Debug)]
+pub(crate) struct Store {
+    db: redb::Database,
+    wal: wal::Wal,
+}
+
+/// The token of the log now being written, and of the one before it.
+const LOG_TOKEN_BEFORE: u64 = 1;
+
+/// Applies what the log beside the journal holds (the commits since the
+/// last checkpoint) and starts a new, empty log, under a new token. One
+/// redb transaction applies the log and records both tokens, so a crash
+/// before the new log replaces the old one leaves an old log that is known
+/// to be applied already.
+fn replay_log(
+    db: &redb::Database,
+    journal: &std::path::Path,
+    replayed: &mut Replayed,
+) -> Result<wal::Wal, JournalError> {
+    let path = journal.display().to_string();
+    let fail = |source: redb::Error| JournalError::Open {
+        path: path.clone(),
+        source,
+    };
+    let log_path = wal::path_of(journal);
+    let log_name = log_path.display().to_string();
+    let log_fail = |source: LogError| JournalError::Log {
+        path: log_name.clone(),
+        source,
+    };
+    let log = wal::read(&log_path).map_err(log_fail)?;
+    let (current, before) = {
+        let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
+        let get = |key| -> Result<Option<u64>, JournalError> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| fail(e.into()))?
+                .map(|v| v.value()))
+        };
+        (get(LOG_TOKEN)?, get(LOG_TOKEN_BEFORE)?)
+    };
+    let token = new_token(current);
+    let txn = db.begin_write().map_err(|e| fail(e.into()))?;
+    if let Some(log) = &log {
+        if log.torn_bytes > 0 {
+            tracing::warn!(
+                path = %log_name,
+                bytes = log.torn_bytes,
+                "journal log ends in a torn write (a crash while it was written); ignored: it was never acknowledged"
+            );
+        }
+        if Some(log.token) == current {
+            write_in(&txn, &log.ops, &mut Vec::new()).map_err(fail)?;
+            replayed.log_ops = log.ops.len();
+            tracing::info!(path = %log_name, ops = log.ops.len(), "journal log replayed");
+        } else if Some(log.token) == before || log.ops.is_empty() {
+            // Applied at the last start already, or nothing in it.
+        } else {
+            return Err(JournalError::LogMismatch { path: log_name });
+        }
+    }
+    {
+        let mut meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
+        if let Some(current) = current {
+            meta.insert(LOG_TOKEN_BEFORE, current)
+                .map_err(|e| fail(e.into()))?;
+        }
+        meta.insert(LOG_TOKEN, token).map_err(|e| fail(e.into()))?;
+    }
+    txn.commit().map_err(|e| fail(e.into()))?;
+    wal::Wal::create(&log_path, token).map_err(|e| log_fail(e.into()))
+}
+
+/// A token unlike `current`: the time, the process and a counter mixed.
+fn new_token(current: Option<u64>) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    let token = hasher.finish();
+    if Some(token) == current {
+        token.wrapping_add(1)
+    } else {
+        token
     }
 }
 
@@ -825,6 +954,11 @@ fn compact(db: &mut redb::Database, path: &std::path::Path) -> Result<(), redb::
 /// The committer thread's state.
 struct Committer {
     db: redb::Database,
+    wal: wal::Wal,
+    /// Ops in the log and not yet in `db`, in commit order.
+    pending: Vec<Op>,
+    checkpointed: Instant,
+    checkpoint_every: Duration,
     path: PathBuf,
     /// Bytes of keys and values held, kept up to date commit by commit.
     live_bytes: u64,
@@ -845,9 +979,10 @@ impl Committer {
     }
 
     /// Between commits, now and then: compacts the file if it is mostly
-    /// free space. Commits wait meanwhile (tens of milliseconds for a
+    /// free space (after a checkpoint: compaction needs every change in
+    /// the file). Commits wait meanwhile (tens of milliseconds for a
     /// journal of a hundred MiB); a failure is only logged.
-    fn maybe_compact(&mut self) {
+    fn maybe_compact(&mut self, scratch: &mut Vec<u8>) {
         if self.checked.elapsed() < self.check_every {
             return;
         }
@@ -856,6 +991,7 @@ impl Committer {
         if file_bytes > self.compacted_to.saturating_add(self.slack)
             && worth_compacting(file_bytes, self.live_bytes, self.slack)
         {
+            self.checkpoint(scratch);
             self.metrics.compactions.inc();
             match compact(&mut self.db, &self.path) {
                 Ok(()) => self.compacted_to = file_len(&self.path),
@@ -865,6 +1001,57 @@ impl Committer {
             }
         }
     }
+
+    /// Whether the log's commits should go into the file now.
+    fn checkpoint_due(&self) -> bool {
+        !self.pending.is_empty()
+            && (self.checkpointed.elapsed() >= self.checkpoint_every
+                || self.wal.pending_bytes() >= CHECKPOINT_BYTES)
+    }
+
+    /// Applies the ops in the log to the redb file in one durable
+    /// transaction (retried until it succeeds, like a commit), then
+    /// empties the log.
+    fn checkpoint(&mut self, scratch: &mut Vec<u8>) {
+        let started = Instant::now();
+        self.checkpointed = started;
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match write(&self.db, &self.pending, scratch) {
+                Ok(written) => {
+                    self.live_bytes =
+                        (self.live_bytes + written.added).saturating_sub(written.removed);
+                    self.metrics.changes.inc_by(written.changes);
+                    self.metrics.checkpoints.inc();
+                    break;
+                }
+                Err(error) => {
+                    self.metrics.errors.inc();
+                    tracing::error!(%error, ops = self.pending.len(), retry_in_ms = backoff.as_millis() as u64,
+                        "journal checkpoint failed; commits wait until it succeeds");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Commits wait for a checkpoint: as long as this.
+            tracing::warn!(
+                elapsed_ms = took.as_millis() as u64,
+                ops = self.pending.len(),
+                "slow journal checkpoint"
+            );
+        }
+        self.pending.clear();
+        if let Err(error) = self.wal.reset() {
+            // Its ops are in the file now; replaying them again is harmless.
+            tracing::warn!(%error, "journal log not emptied after a checkpoint; it keeps growing until one succeeds");
+        }
+    }
 }
 
 fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: &OnDurable) {
@@ -872,23 +1059,28 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
     let mut batch: Vec<Op> = Vec::new();
     let mut durable: Vec<(Device, u64)> = Vec::new();
     let mut scratch = Vec::new();
-    // Wakes up now and then when idle too: the commits that drained a
-    // burst are the last for a while, and the file should shrink after them.
-    let idle_check = committer.check_every.max(Duration::from_millis(50));
+    // Wakes up now and then when idle too: what the log holds goes into
+    // the file, and the file should shrink after the commits that drained
+    // a burst.
+    let idle_check = committer
+        .checkpoint_every
+        .min(committer.check_every)
+        .max(Duration::from_millis(10));
     let mut last_started: Option<Instant> = None;
     loop {
         let op = match ops.recv_timeout(idle_check) {
             Ok(op) => op,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                committer.maybe_compact();
+                if committer.checkpoint_due() {
+                    committer.checkpoint(&mut scratch);
+                }
+                committer.maybe_compact(&mut scratch);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         // Everything pending goes into this commit: under load, ops gather
-        // while the previous commit syncs, so batches grow with the load
-        // and no timer is needed (a delay measured no gain: the cost is per
-        // record, docs/guarantees.md and BENCHMARKS.md).
+        // while the previous commit syncs, so batches grow with the load.
         batch.push(op);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
@@ -897,16 +1089,18 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
             }
         }
         // Paced: not sooner than the gap after the last commit started.
+        // Asleep, not waiting on the channel: a sender wakes a waiting
+        // receiver (a futex call on both sides), and would for every op.
         if let Some(last) = last_started {
             let due = last + committer.commit_gap;
-            while batch.len() < MAX_BATCH {
-                let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                match ops.recv_timeout(due - now) {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep(due - now);
+                while batch.len() < MAX_BATCH {
+                    match ops.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
                 }
             }
         }
@@ -914,8 +1108,8 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
         last_started = Some(Instant::now());
         loop {
             let started = Instant::now();
-            match write(&committer.db, &batch, &mut scratch) {
-                Ok(written) => {
+            match committer.wal.append(&batch, &mut scratch) {
+                Ok(()) => {
                     let took = started.elapsed();
                     if took >= SLOW_COMMIT {
                         // Every sender and recipient of the batch waited
@@ -926,14 +1120,9 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
                             "slow journal commit"
                         );
                     }
-                    committer.live_bytes =
-                        (committer.live_bytes + written.added).saturating_sub(written.removed);
                     metrics.commits.inc();
-                    metrics.changes.inc_by(written.changes);
                     metrics.batch_ops.observe(batch.len() as f64);
-                    metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    metrics.commit_seconds.observe(took.as_secs_f64());
                     break;
                 }
                 Err(error) => {
@@ -968,21 +1157,43 @@ fn commit_loop(committer: &mut Committer, ops: &mpsc::Receiver<Op>, on_durable: 
         for op in batch.drain(..) {
             match op {
                 Op::Queue {
-                    done: Some(done), ..
+                    record,
+                    sent,
+                    forgotten,
+                    done,
+                } => {
+                    if let Some(done) = done {
+                        // The sender may have gone; then no one is waiting.
+                        let _ = done.send(());
+                    }
+                    committer.pending.push(Op::Queue {
+                        record,
+                        sent,
+                        forgotten,
+                        done: None,
+                    });
                 }
-                | Op::Barrier(done) => {
-                    // The sender may have gone; then no one is waiting.
+                Op::Barrier(done) => {
                     let _ = done.send(());
                 }
-                Op::Backup(backup) => start_backup(&committer.db, backup),
-                Op::Queue { done: None, .. }
-                | Op::Change { .. }
-                | Op::Retarget { .. }
-                | Op::Forget(_) => {}
+                Op::Backup(backup) => {
+                    // The snapshot must hold every op before the request.
+                    committer.checkpoint(&mut scratch);
+                    start_backup(&committer.db, backup);
+                }
+                op @ (Op::Change { .. } | Op::Retarget { .. } | Op::Forget(_)) => {
+                    committer.pending.push(op);
+                }
             }
         }
-        committer.maybe_compact();
+        if committer.checkpoint_due() {
+            committer.checkpoint(&mut scratch);
+        }
+        committer.maybe_compact(&mut scratch);
     }
+    // Shutting down: the log's ops go into the file, so a clean restart
+    // has nothing to replay.
+    committer.checkpoint(&mut scratch);
 }
 
 /// Snapshots the journal now (the batch before the request is committed)
@@ -1062,6 +1273,18 @@ struct Written {
 /// Writes `batch` in one durable transaction.
 fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Written, redb::Error> {
     let txn = db.begin_write()?;
+    let written = write_in(&txn, batch, scratch)?;
+    // The default durability: on disk (one fsync) when commit returns.
+    txn.commit()?;
+    Ok(written)
+}
+
+/// Applies `batch` in `txn`.
+fn write_in(
+    txn: &redb::WriteTransaction,
+    batch: &[Op],
+    scratch: &mut Vec<u8>,
+) -> Result<Written, redb::Error> {
     let mut written = Written::default();
     {
         let mut queue = txn.open_table(QUEUE)?;
@@ -1116,8 +1339,6 @@ fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Wri
             }
         }
     }
-    // The default durability: on disk (one fsync) when commit returns.
-    txn.commit()?;
     Ok(written)
 }
 
@@ -1244,8 +1465,9 @@ mod tests {
     fn a_journal_with_an_unreadable_record_is_refused_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = JournalConfig::at(dir.path().join("journal.redb"));
-        let (db, replayed) = Journal::open(&config, None).expect("a new journal opens");
+        let (store, replayed) = Journal::open(&config, None).expect("a new journal opens");
         assert!(replayed.queued.is_empty() && replayed.sent.is_empty());
+        let db = store.db;
         let txn = db.begin_write().expect("write");
         txn.open_table(QUEUE)
             .expect("queue table")

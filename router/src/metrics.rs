@@ -71,6 +71,8 @@ pub struct JournalMetrics {
     pub errors: Counter,
     /// Compactions while running (the file was mostly free space).
     pub compactions: Counter,
+    /// Checkpoints: the log's commits applied to the journal file at once.
+    pub checkpoints: Counter,
 }
 
 impl Default for JournalMetrics {
@@ -84,6 +86,7 @@ impl Default for JournalMetrics {
             ]),
             errors: Counter::default(),
             compactions: Counter::default(),
+            checkpoints: Counter::default(),
         }
     }
 }
@@ -245,6 +248,11 @@ impl RouterMetrics {
             "journal_compactions",
             "Journal compactions while running (the file was mostly free space)",
             journal.compactions.clone(),
+        );
+        registry.register(
+            "journal_checkpoints",
+            "Journal checkpoints: the log's commits applied to the journal file in one transaction",
+            journal.checkpoints.clone(),
         );
     }
 }

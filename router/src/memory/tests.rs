@@ -377,3 +377,132 @@ async fn a_journal_from_elsewhere_is_refused_not_guessed() {
     .expect_err("refused");
     assert!(error.to_string().contains("journal.redb"), "{error}");
 }
+
+/// A router whose journal is never checkpointed while it runs: every
+/// change stays in the log.
+fn journaled_uncheckpointed(path: &std::path::Path) -> (MemoryRouter, Restored) {
+    MemoryRouter::open(
+        MemoryConfig {
+            window: 8,
+            dedupe_horizon: 4,
+            shards: 4,
+            ..MemoryConfig::default()
+        },
+        RouterMetrics::default(),
+        &JournalConfig {
+            checkpoint_every: std::time::Duration::from_secs(3600),
+            ..JournalConfig::at(path)
+        },
+        None,
+    )
+    .expect("journal opens")
+}
+
+/// The journal's files as a crash would leave them now: copies of the
+/// redb file and its log, taken while the router runs.
+fn crash_image(from: &std::path::Path, into: &std::path::Path) -> std::path::PathBuf {
+    let journal = into.join("journal.redb");
+    std::fs::copy(from, &journal).expect("copy the journal");
+    std::fs::copy(
+        crate::journal::log_path(from),
+        crate::journal::log_path(&journal),
+    )
+    .expect("copy the log");
+    journal
+}
+
+#[tokio::test]
+async fn what_was_acked_survives_a_crash_before_any_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, _) = journaled_uncheckpointed(&path);
+    for id in 1..=3 {
+        r.submit(A, msg(id, A, B, "in the log only"))
+            .await
+            .expect("acked");
+    }
+    // B takes the first and acks it: released, and a receipt for A.
+    let mut s = r.attach(B).await.expect("attach");
+    let first = delivered_ids(&drain(&mut s))[0];
+    r.ack_delivery(B, &[first]).await.expect("ack");
+    r.flush().await;
+    let crashed = tempfile::tempdir().expect("temp dir");
+    let image = crash_image(&path, crashed.path());
+    assert!(
+        std::fs::metadata(crate::journal::log_path(&image))
+            .expect("log")
+            .len()
+            > 64,
+        "the changes are in the log"
+    );
+    drop((r, s));
+
+    let (r, restored) = journaled(&image);
+    assert_eq!(
+        (restored.messages, restored.receipts),
+        (2, 1),
+        "two messages still queued for B and B's receipt for A, from the log"
+    );
+    // A resend of an acked message is still recognised.
+    let again = r.submit(A, msg(2, A, B, "in the log only")).await;
+    assert!(again.expect("answered").duplicate);
+}
+
+#[tokio::test]
+async fn a_log_replayed_twice_gives_the_same_queues() {
+    // A crash after a start applied the log but before it replaced the
+    // log leaves the applied log beside the journal: it is not applied again.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, _) = journaled_uncheckpointed(&path);
+    for id in 1..=4 {
+        r.submit(A, msg(id, A, B, "x")).await.expect("acked");
+    }
+    let mut s = r.attach(B).await.expect("attach");
+    let ids = delivered_ids(&drain(&mut s));
+    r.ack_delivery(B, &ids[..2]).await.expect("ack");
+    r.flush().await;
+    let crashed = tempfile::tempdir().expect("temp dir");
+    let image = crash_image(&path, crashed.path());
+    let stale_log = std::fs::read(crate::journal::log_path(&image)).expect("log");
+    drop((r, s));
+
+    let (r, first) = journaled(&image);
+    drop(r);
+    // Put the old log back, as if the start above had crashed just after
+    // applying it.
+    std::fs::write(crate::journal::log_path(&image), &stale_log).expect("old log back");
+    let (_r, second) = journaled(&image);
+    assert_eq!((first.messages, first.receipts, first.entries), (2, 1, 3));
+    assert_eq!(
+        (second.messages, second.receipts, second.entries),
+        (first.messages, first.receipts, first.entries)
+    );
+}
+
+#[tokio::test]
+async fn a_log_beside_a_journal_it_does_not_belong_to_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("journal.redb");
+    let (r, _) = journaled_uncheckpointed(&path);
+    r.submit(A, msg(1, A, B, "x")).await.expect("acked");
+    r.flush().await;
+    let crashed = tempfile::tempdir().expect("temp dir");
+    let image = crash_image(&path, crashed.path());
+    drop(r);
+    // Another journal (a restored backup, say) with this log beside it.
+    std::fs::remove_file(&image).expect("remove");
+    let error = MemoryRouter::open(
+        MemoryConfig::default(),
+        RouterMetrics::default(),
+        &JournalConfig::at(&image),
+        None,
+    )
+    .err()
+    .expect("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("does not belong") && message.contains("Move the log away"),
+        "{message}"
+    );
+}
