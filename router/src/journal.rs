@@ -726,7 +726,7 @@ fn replay_log(
             );
         }
         if Some(log.token) == current {
-            write_in(&txn, &log.ops, &mut Vec::new()).map_err(fail)?;
+            write_in(&txn, &log.ops, &mut Vec::new(), &Transient::default()).map_err(fail)?;
             replayed.log_ops = log.ops.len();
             tracing::info!(path = %log_name, ops = log.ops.len(), "journal log replayed");
         } else if Some(log.token) == before || log.ops.is_empty() {
@@ -1270,20 +1270,106 @@ struct Written {
     removed: u64,
 }
 
-/// Writes `batch` in one durable transaction.
+/// Writes `batch` in one durable transaction, leaving out what it both
+/// creates and removes (see [`Transient`]): `batch` must hold only ops
+/// after the file's state, as a checkpoint's does.
 fn write(db: &redb::Database, batch: &[Op], scratch: &mut Vec<u8>) -> Result<Written, redb::Error> {
+    let skip = Transient::of(batch);
     let txn = db.begin_write()?;
-    let written = write_in(&txn, batch, scratch)?;
+    let written = write_in(&txn, batch, scratch, &skip)?;
     // The default durability: on disk (one fsync) when commit returns.
     txn.commit()?;
     Ok(written)
 }
 
-/// Applies `batch` in `txn`.
+/// The records a batch creates and also removes entirely: a message
+/// queued and acknowledged by every device within one checkpoint, its
+/// receipt queued and acknowledged, a send remembered and forgotten. The
+/// file never needs to hold them, so a checkpoint writes none of their
+/// changes: for phones that are online, most of a message's record changes.
+///
+/// Only for a batch whose creations are not in the file already (a
+/// checkpoint's, whose ops all came after the file's state). A log replayed
+/// at start may hold ops the file has (a crash between a checkpoint and the
+/// log's truncation), so replay applies every op.
+#[derive(Debug, Default)]
+struct Transient {
+    queue: std::collections::HashSet<u64>,
+    sent: std::collections::HashSet<u64>,
+}
+
+impl Transient {
+    fn of(batch: &[Op]) -> Self {
+        use std::collections::{HashMap, HashSet};
+        // Records created in the batch, with the devices they are still for.
+        let mut born: HashMap<u64, Vec<Device>> = HashMap::new();
+        let mut sent_born: HashSet<u64> = HashSet::new();
+        let mut gone = Transient::default();
+        let forget = |id: u64, sent_born: &mut HashSet<u64>, gone: &mut Transient| {
+            if sent_born.remove(&id) {
+                gone.sent.insert(id);
+            }
+        };
+        // In write_in's order: a Change's releases before its new records.
+        for op in batch {
+            match op {
+                Op::Queue {
+                    record,
+                    sent,
+                    forgotten,
+                    ..
+                } => {
+                    born.insert(record.id, record.targets.clone());
+                    if let Some(sent) = sent {
+                        sent_born.insert(sent.message_id);
+                    }
+                    for id in forgotten {
+                        forget(*id, &mut sent_born, &mut gone);
+                    }
+                }
+                Op::Change { released, queued } => {
+                    for (id, device) in released {
+                        if let Some(targets) = born.get_mut(id) {
+                            if let Some(at) = targets.iter().position(|t| t == device) {
+                                targets.remove(at);
+                            }
+                            if targets.is_empty() {
+                                born.remove(id);
+                                gone.queue.insert(*id);
+                            }
+                        }
+                    }
+                    for record in queued {
+                        born.insert(record.id, record.targets.clone());
+                    }
+                }
+                Op::Retarget { from, to, ids } => {
+                    for id in ids {
+                        if let Some(targets) = born.get_mut(id) {
+                            for target in targets.iter_mut().filter(|t| *t == from) {
+                                *target = *to;
+                            }
+                        }
+                    }
+                }
+                Op::Forget(ids) => {
+                    for id in ids {
+                        forget(*id, &mut sent_born, &mut gone);
+                    }
+                }
+                Op::Barrier(_) | Op::Backup(_) => {}
+            }
+        }
+        gone
+    }
+}
+
+/// Applies `batch` in `txn`, but nothing of the records in `skip`.
 fn write_in(
     txn: &redb::WriteTransaction,
     batch: &[Op],
     scratch: &mut Vec<u8>,
+    skip: &Transient,
 ) -> Result<Written, redb::Error> {
     let mut written = Written::default();
     {
@@ -1297,26 +1383,30 @@ fn write_in(
                     forgotten,
                     ..
                 } => {
-                    record.encode(scratch);
-                    written.put(&mut queue, record.id, scratch)?;
-                    if let Some(remembered) = remembered {
+                    if !skip.queue.contains(&record.id) {
+                        record.encode(scratch);
+                        written.put(&mut queue, record.id, scratch)?;
+                    }
+                    if let Some(remembered) = remembered
+                        && !skip.sent.contains(&remembered.message_id)
+                    {
                         written.put(&mut sent, remembered.message_id, &remembered.encode())?;
                     }
-                    for id in forgotten {
+                    for id in forgotten.iter().filter(|id| !skip.sent.contains(id)) {
                         written.delete(&mut sent, *id)?;
                     }
                 }
                 Op::Change { released, queued } => {
-                    for (id, device) in released {
+                    for (id, device) in released.iter().filter(|(id, _)| !skip.queue.contains(id)) {
                         written.release(&mut queue, *id, |r| r.release(*device), scratch)?;
                     }
-                    for record in queued {
+                    for record in queued.iter().filter(|r| !skip.queue.contains(&r.id)) {
                         record.encode(scratch);
                         written.put(&mut queue, record.id, scratch)?;
                     }
                 }
                 Op::Retarget { from, to, ids } => {
-                    for id in ids {
+                    for id in ids.iter().filter(|id| !skip.queue.contains(id)) {
                         written.release(
                             &mut queue,
                             *id,
@@ -1331,7 +1421,7 @@ fn write_in(
                     }
                 }
                 Op::Forget(ids) => {
-                    for id in ids {
+                    for id in ids.iter().filter(|id| !skip.sent.contains(id)) {
                         written.delete(&mut sent, *id)?;
                     }
                 }
@@ -1396,6 +1486,84 @@ impl Written {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queued(id: u64, targets: Vec<Device>) -> Op {
+        Op::Queue {
+            record: QueuedRecord {
+                id,
+                ..message(targets, Frames::Shared(Bytes::from_static(b"m")))
+            },
+            sent: Some(SentRecord {
+                message_id: id,
+                device: Device::new(2, 20),
+                client_msg_id: id,
+                timestamp_ms: 1,
+                digest: 1,
+            }),
+            forgotten: Vec::new(),
+            done: None,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_leaves_out_what_its_batch_creates_and_removes() {
+        let (a, b, c) = (Device::new(1, 1), Device::new(1, 2), Device::new(1, 3));
+        let receipt = QueuedRecord {
+            id: 100,
+            kind: RecordKind::Receipt,
+            targets: vec![Device::new(2, 20)],
+            frames: Frames::Shared(Bytes::from_static(b"r")),
+        };
+        let batch = vec![
+            // 1: both devices ack: transient. 2: one of two acks: kept.
+            queued(1, vec![a, b]),
+            queued(2, vec![a, b]),
+            Op::Change {
+                released: vec![(1, a), (1, b), (2, a)],
+                queued: vec![receipt],
+            },
+            // 3: its device re-registers as c, which acks: transient.
+            queued(3, vec![b]),
+            Op::Retarget {
+                from: b,
+                to: c,
+                ids: vec![3],
+            },
+            Op::Change {
+                released: vec![(3, c), (100, Device::new(2, 20)), (55, a)],
+                queued: Vec::new(),
+            },
+            // Send 1 forgotten in the batch: transient; send 50 was not
+            // created here: its delete is kept.
+            Op::Forget(vec![1, 50]),
+        ];
+        let gone = Transient::of(&batch);
+        let mut queue: Vec<u64> = gone.queue.iter().copied().collect();
+        queue.sort_unstable();
+        assert_eq!(
+            queue,
+            [1, 3, 100],
+            "message 2 stays, 55 was never created here"
+        );
+        assert_eq!(gone.sent.iter().copied().collect::<Vec<_>>(), [1]);
+
+        // The file after the batch is what applying every op would give.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = JournalConfig::at(dir.path().join("journal.redb"));
+        let (store, _) = Journal::open(&config, None).expect("opens");
+        write(&store.db, &batch, &mut Vec::new()).expect("checkpoint");
+        let txn = store.db.begin_read().expect("read");
+        let keys = |table| -> Vec<u64> {
+            txn.open_table(table)
+                .expect("table")
+                .iter()
+                .expect("iter")
+                .map(|row| row.expect("row").0.value())
+                .collect()
+        };
+        assert_eq!(keys(QUEUE), [2]);
+        assert_eq!(keys(SENT), [2, 3]);
+    }
 
     fn message(targets: Vec<Device>, frames: Frames) -> QueuedRecord {
         QueuedRecord {

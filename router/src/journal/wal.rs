@@ -382,13 +382,13 @@ mod tests {
 
     #[test]
     fn ops_round_trip_through_the_log() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("j.log");
-        let mut wal = Wal::create(&path, 42).unwrap();
+        let mut wal = Wal::create(&path, 42).expect("create");
         let mut scratch = Vec::new();
-        wal.append(&ops()[..2], &mut scratch).unwrap();
-        wal.append(&ops()[2..], &mut scratch).unwrap();
-        let read = read(&path).unwrap().unwrap();
+        wal.append(&ops()[..2], &mut scratch).expect("append");
+        wal.append(&ops()[2..], &mut scratch).expect("append");
+        let read = read(&path).expect("read").expect("a log");
         assert_eq!(read.token, 42);
         assert_eq!(read.torn_bytes, 0);
         assert_eq!(shown(&read.ops), shown(&ops()));
@@ -396,47 +396,47 @@ mod tests {
 
     #[test]
     fn a_torn_last_frame_is_ignored_and_the_frames_before_it_kept() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("j.log");
-        let mut wal = Wal::create(&path, 1).unwrap();
+        let mut wal = Wal::create(&path, 1).expect("create");
         let mut scratch = Vec::new();
-        wal.append(&ops()[..1], &mut scratch).unwrap();
-        let whole = std::fs::metadata(&path).unwrap().len();
-        wal.append(&ops()[1..], &mut scratch).unwrap();
-        let full = std::fs::metadata(&path).unwrap().len();
+        wal.append(&ops()[..1], &mut scratch).expect("append");
+        let whole = std::fs::metadata(&path).expect("metadata").len();
+        wal.append(&ops()[1..], &mut scratch).expect("append");
+        let full = std::fs::metadata(&path).expect("metadata").len();
         // Every cut inside the second frame: the first is read, the rest
         // counted as torn.
         for cut in whole..full {
-            let bytes = std::fs::read(&path).unwrap();
+            let bytes = std::fs::read(&path).expect("read the file");
             let torn = dir.path().join("torn.log");
-            std::fs::write(&torn, &bytes[..cut as usize]).unwrap();
-            let read = read(&torn).unwrap().unwrap();
+            std::fs::write(&torn, &bytes[..cut as usize]).expect("write");
+            let read = read(&torn).expect("read").expect("a log");
             assert_eq!(shown(&read.ops), shown(&ops()[..1]), "cut at {cut}");
             assert_eq!(read.torn_bytes, cut - whole);
         }
         // A flipped byte in the second frame's payload: its CRC fails.
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path).expect("read the file");
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
-        let read = read(&path).unwrap().unwrap();
+        std::fs::write(&path, &bytes).expect("write");
+        let read = read(&path).expect("read").expect("a log");
         assert_eq!(shown(&read.ops), shown(&ops()[..1]));
     }
 
     #[test]
     fn a_reset_log_is_empty_and_a_missing_one_is_none() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("j.log");
-        assert!(read(&path).unwrap().is_none());
-        let mut wal = Wal::create(&path, 5).unwrap();
-        wal.append(&ops(), &mut Vec::new()).unwrap();
+        assert!(read(&path).expect("read").is_none());
+        let mut wal = Wal::create(&path, 5).expect("create");
+        wal.append(&ops(), &mut Vec::new()).expect("append");
         assert!(wal.pending_bytes() > 0);
-        wal.reset().unwrap();
+        wal.reset().expect("reset");
         assert_eq!(wal.pending_bytes(), 0);
-        let read = read(&path).unwrap().unwrap();
+        let read = read(&path).expect("read").expect("a log");
         assert!(read.ops.is_empty());
         assert_eq!(read.token, 5);
-        std::fs::write(&path, b"something else entirely, long enough").unwrap();
+        std::fs::write(&path, b"something else entirely, long enough").expect("write");
         assert!(matches!(super::read(&path), Err(LogError::Header)));
     }
 }
