@@ -8,15 +8,25 @@
 //! a fifth of that; redb then takes a whole checkpoint's changes (a tenth
 //! of a second's) in one transaction.
 //!
-//! **File.** A header (`PARLEY-JOURNAL-LOG\0`, format, and a token also
+//! **File.** A header (`PARLEY-JOURNAL-LOG\0`, format, a token also
 //! stored in the redb file, so a log is never replayed onto a journal it
-//! does not belong to, such as a restored backup), then one frame per
-//! commit: length (u32), CRC-32 of the payload (u32), payload (the ops,
-//! each a tag and its fields; integers little-endian). Frames are written
-//! at the end of what is synced, so a crash can only leave a torn last
-//! frame, which was never acknowledged: replay stops at the first frame
-//! that is short or fails its CRC. A failed write is retried at the same
-//! offset.
+//! does not belong to, such as a restored backup, and the generation),
+//! then one frame per commit: length (u32), CRC-32 (u32) of what follows,
+//! the generation (u64) and the payload (the ops, each a tag and its
+//! fields; integers little-endian). Frames are written at the end of what
+//! is synced, so a crash can only leave a torn last frame, which was never
+//! acknowledged: replay stops at the first frame that is short, fails its
+//! CRC or belongs to another generation. A failed write is retried at the
+//! same offset.
+//!
+//! **Space.** The file is filled with zeros ahead of the frames, a MiB at
+//! a time ([`GROW`]), and kept at its size: a frame then overwrites blocks
+//! the file already has, so its sync writes the data alone, not the
+//! file's size and block map as well (a quarter of a sync's cost here).
+//! Emptying the log after a checkpoint bumps the generation in the header
+//! (one small synced write): the old frames stay on disk, from another
+//! generation, and are never read again. So the file stays at the most one
+//! checkpoint's interval wrote, cut back past [`MAX_KEPT`].
 //!
 //! **Replay.** At open the log's ops are applied to the redb file in one
 //! transaction and the log is emptied. Every op is idempotent over a state
@@ -34,10 +44,16 @@ use super::{Op, QueuedRecord, Reader, SENT_LEN, SentRecord, put_bytes, put_devic
 
 const MAGIC: &[u8; 19] = b"PARLEY-JOURNAL-LOG\0";
 const LOG_FORMAT: u8 = 1;
-/// Magic, format, token.
-pub(super) const HEADER_LEN: u64 = MAGIC.len() as u64 + 1 + 8;
-/// Length and CRC.
-const FRAME_HEADER: usize = 8;
+/// Where the generation is in the header.
+const GENERATION_AT: u64 = MAGIC.len() as u64 + 1 + 8;
+/// Magic, format, token, generation.
+pub(super) const HEADER_LEN: u64 = GENERATION_AT + 8;
+/// Length, CRC, generation.
+const FRAME_HEADER: usize = 16;
+/// Zeros written ahead of the frames at a time (and when created).
+const GROW: u64 = 1024 * 1024;
+/// A log file larger than this when emptied is cut back to [`GROW`].
+const MAX_KEPT: u64 = 64 * 1024 * 1024;
 
 const TAG_QUEUE: u8 = 1;
 const TAG_CHANGE: u8 = 2;
@@ -57,6 +73,10 @@ pub(super) struct Wal {
     file: File,
     /// Bytes written and synced: where the next frame goes.
     len: u64,
+    /// Frames of this generation are the log's; it grows at each reset.
+    generation: u64,
+    /// The file's length: frames below it overwrite zeros or old frames.
+    size: u64,
     frame: Vec<u8>,
 }
 
@@ -70,20 +90,36 @@ impl Wal {
             .create(true)
             .truncate(true)
             .open(path)?;
+        let generation: u64 = 1;
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(MAGIC);
         header.push(LOG_FORMAT);
         header.extend_from_slice(&token.to_le_bytes());
+        header.extend_from_slice(&generation.to_le_bytes());
         file.write_all_at(&header, 0)?;
-        file.sync_all()?;
+        let mut wal = Self {
+            file,
+            len: HEADER_LEN,
+            generation,
+            size: HEADER_LEN,
+            frame: Vec::new(),
+        };
+        wal.grow(GROW)?;
+        wal.file.sync_all()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
-        Ok(Self {
-            file,
-            len: HEADER_LEN,
-            frame: Vec::new(),
-        })
+        Ok(wal)
+    }
+
+    /// Writes `bytes` of zeros past the end of the file (unsynced: the
+    /// next frame's sync covers them). A frame header of zeros is of
+    /// generation 0, never a log's.
+    fn grow(&mut self, bytes: u64) -> io::Result<()> {
+        let zeros = vec![0u8; usize::try_from(bytes).unwrap_or(usize::MAX)];
+        self.file.write_all_at(&zeros, self.size)?;
+        self.size += bytes;
+        Ok(())
     }
 
     /// Appends one frame holding `ops` (those the log keeps: barriers and
@@ -91,7 +127,8 @@ impl Wal {
     /// as written: the retry writes at the same offset.
     pub(super) fn append(&mut self, ops: &[Op], scratch: &mut Vec<u8>) -> io::Result<()> {
         self.frame.clear();
-        self.frame.extend_from_slice(&[0; FRAME_HEADER]);
+        self.frame.extend_from_slice(&[0; 8]);
+        self.frame.extend_from_slice(&self.generation.to_le_bytes());
         for op in ops {
             encode(op, &mut self.frame, scratch);
         }
@@ -100,19 +137,31 @@ impl Wal {
         }
         let payload_len = u32::try_from(self.frame.len() - FRAME_HEADER)
             .map_err(|_| io::Error::other("one commit over 4 GiB"))?;
-        let crc = crc32fast::hash(&self.frame[FRAME_HEADER..]);
+        let crc = crc32fast::hash(&self.frame[8..]);
         self.frame[..4].copy_from_slice(&payload_len.to_le_bytes());
         self.frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        let end = self.len + self.frame.len() as u64;
+        if end > self.size {
+            self.grow((end - self.size).max(GROW))?;
+        }
         self.file.write_all_at(&self.frame, self.len)?;
         self.file.sync_data()?;
         self.len += self.frame.len() as u64;
         Ok(())
     }
 
-    /// Empties the log (after a checkpoint made its ops durable in redb).
+    /// Empties the log (after a checkpoint made its ops durable in redb):
+    /// the next generation starts, synced before any frame of it is
+    /// written. A log that grew past its preallocation is cut back to it.
     pub(super) fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(HEADER_LEN)?;
+        let next = self.generation + 1;
+        self.file.write_all_at(&next.to_le_bytes(), GENERATION_AT)?;
+        if self.size > HEADER_LEN + MAX_KEPT {
+            self.file.set_len(HEADER_LEN + GROW)?;
+            self.size = HEADER_LEN + GROW;
+        }
         self.file.sync_data()?;
+        self.generation = next;
         self.len = HEADER_LEN;
         Ok(())
     }
@@ -159,29 +208,38 @@ pub(super) fn read(path: &Path) -> Result<Option<Read>, LogError> {
     if format != LOG_FORMAT {
         return Err(LogError::Format(format));
     }
-    let mut token = [0; 8];
-    token.copy_from_slice(&bytes[MAGIC.len() + 1..HEADER_LEN as usize]);
+    let u64_at = |at: usize| {
+        let mut le = [0; 8];
+        le.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(le)
+    };
+    let generation = u64_at(GENERATION_AT as usize);
     let mut read = Read {
-        token: u64::from_le_bytes(token),
+        token: u64_at(MAGIC.len() + 1),
         ..Read::default()
     };
     let mut at = HEADER_LEN as usize;
     loop {
         let rest = &bytes[at..];
+        // A frame of another generation (zeros, or an older log's) ends
+        // the log; one of this generation that is short or fails its CRC
+        // is a torn write.
         if rest.len() < FRAME_HEADER {
-            read.torn_bytes = rest.len() as u64;
             break;
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let Some(payload) = rest.get(FRAME_HEADER..FRAME_HEADER + len) else {
-            read.torn_bytes = rest.len() as u64;
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            read.torn_bytes = rest.len() as u64;
+        if u64_at(at + 8) != generation {
             break;
         }
+        let whole = rest
+            .get(8..FRAME_HEADER + len)
+            .filter(|framed| crc32fast::hash(framed) == crc);
+        let Some(framed) = whole else {
+            read.torn_bytes = rest.len().min(FRAME_HEADER + len) as u64;
+            break;
+        };
+        let payload = &framed[8..];
         let mut r = Reader(payload);
         while !r.0.is_empty() {
             let op = decode(&mut r).map_err(|why| LogError::Frame {
@@ -401,26 +459,77 @@ mod tests {
         let mut wal = Wal::create(&path, 1).expect("create");
         let mut scratch = Vec::new();
         wal.append(&ops()[..1], &mut scratch).expect("append");
-        let whole = std::fs::metadata(&path).expect("metadata").len();
+        let whole = wal.len;
         wal.append(&ops()[1..], &mut scratch).expect("append");
-        let full = std::fs::metadata(&path).expect("metadata").len();
-        // Every cut inside the second frame: the first is read, the rest
-        // counted as torn.
+        let full = wal.len;
+        let bytes = std::fs::read(&path).expect("read the file");
+        // A write that stopped at every byte of the second frame (the rest
+        // still the preallocated zeros): the first frame is read.
+        let torn = dir.path().join("torn.log");
         for cut in whole..full {
-            let bytes = std::fs::read(&path).expect("read the file");
-            let torn = dir.path().join("torn.log");
-            std::fs::write(&torn, &bytes[..cut as usize]).expect("write");
-            let read = read(&torn).expect("read").expect("a log");
-            assert_eq!(shown(&read.ops), shown(&ops()[..1]), "cut at {cut}");
-            assert_eq!(read.torn_bytes, cut - whole);
+            if bytes[cut as usize..full as usize].iter().all(|b| *b == 0) {
+                continue; // nothing the write had not written yet
+            }
+            let mut cut_bytes = bytes.clone();
+            cut_bytes[cut as usize..full as usize].fill(0);
+            cut_bytes.truncate(full as usize + 64);
+            std::fs::write(&torn, &cut_bytes).expect("write");
+            let got = super::read(&torn).expect("read").expect("a log");
+            assert_eq!(shown(&got.ops), shown(&ops()[..1]), "cut at {cut}");
+            if cut >= whole + FRAME_HEADER as u64 {
+                assert!(got.torn_bytes > 0, "cut at {cut}: reported as torn");
+            }
         }
+        // A file that ends inside the frame.
+        std::fs::write(&torn, &bytes[..(full - 3) as usize]).expect("write");
+        let got = super::read(&torn).expect("read").expect("a log");
+        assert_eq!(shown(&got.ops), shown(&ops()[..1]));
         // A flipped byte in the second frame's payload: its CRC fails.
-        let mut bytes = std::fs::read(&path).expect("read the file");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("write");
+        let mut flipped = bytes.clone();
+        flipped[(full - 1) as usize] ^= 0xff;
+        std::fs::write(&torn, &flipped).expect("write");
+        let got = super::read(&torn).expect("read").expect("a log");
+        assert_eq!(shown(&got.ops), shown(&ops()[..1]));
+    }
+
+    #[test]
+    fn a_log_past_its_zeros_grows_and_is_read_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j.log");
+        let mut wal = Wal::create(&path, 3).expect("create");
+        let mut scratch = Vec::new();
+        let mut frames = 0;
+        while wal.len < HEADER_LEN + 2 * GROW + 1000 {
+            wal.append(&ops(), &mut scratch).expect("append");
+            frames += 1;
+        }
+        let got = super::read(&path).expect("read").expect("a log");
+        assert_eq!(got.ops.len(), frames * ops().len());
+        assert_eq!(got.torn_bytes, 0);
+        assert!(std::fs::metadata(&path).expect("metadata").len() >= wal.len);
+    }
+
+    #[test]
+    fn after_a_reset_only_the_new_generation_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j.log");
+        let mut wal = Wal::create(&path, 9).expect("create");
+        let mut scratch = Vec::new();
+        wal.append(&ops()[..2], &mut scratch).expect("append");
+        wal.append(&ops()[2..], &mut scratch).expect("append");
+        let size = std::fs::metadata(&path).expect("metadata").len();
+        wal.reset().expect("reset");
+        // Shorter than what it overwrites: the old frames after it stay
+        // on disk, of the old generation.
+        wal.append(&ops()[3..], &mut scratch).expect("append");
         let read = read(&path).expect("read").expect("a log");
-        assert_eq!(shown(&read.ops), shown(&ops()[..1]));
+        assert_eq!(shown(&read.ops), shown(&ops()[3..]));
+        assert_eq!(read.torn_bytes, 0);
+        assert_eq!(
+            std::fs::metadata(&path).expect("metadata").len(),
+            size,
+            "frames overwrite preallocated space: the file does not grow"
+        );
     }
 
     #[test]
