@@ -416,7 +416,7 @@ pub struct Settings {
     #[arg(long, env = "PARLEY_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
 
-    /// The journal's page cache in MiB. [default: 64]
+    /// The journal's page cache in MiB. [default: 16]
     #[arg(long, env = "PARLEY_JOURNAL_CACHE_MIB", value_name = "MIB")]
     pub journal_cache_mib: Option<usize>,
 
@@ -819,7 +819,7 @@ impl Config {
         let max_connections = at_least_one("max_connections", s.max_connections, 100_000);
         let window = at_least_one("delivery_window", s.delivery_window, 64);
         let dedupe_horizon = at_least_one("dedupe_horizon", s.dedupe_horizon, 128);
-        let journal_cache_mib = at_least_one("journal_cache_mib", s.journal_cache_mib, 64);
+        let journal_cache_mib = at_least_one("journal_cache_mib", s.journal_cache_mib, 16);
         let defaults = MemoryConfig::default();
         let max_queued_messages = at_least_one(
             "mailbox_max_messages",

@@ -19,11 +19,15 @@
 //!   still refused.
 //!
 //! Changes reach one committer thread over a channel. The committer takes
-//! whatever is pending (up to [`MAX_BATCH`] changes), writes it in **one**
-//! durable redb transaction (one `fsync`: group commit), and only then
-//! makes the batch visible: queued entries become deliverable and waiting
-//! senders get their server ack. Nothing is pushed to a phone or acked to a
-//! sender that a crash could still take back.
+//! whatever is pending (up to [`MAX_BATCH`] changes, no sooner than the
+//! commit gap after the last commit started), appends it to the journal's
+//! **log** as one frame and syncs it (one `fdatasync`: group commit; see
+//! `wal`), and only then makes the batch visible: queued entries become
+//! deliverable and waiting senders get their server ack. Nothing is pushed
+//! to a phone or acked to a sender that a crash could still take back.
+//! Every [`JournalConfig::checkpoint_every`] the log's changes go into the
+//! redb file in one transaction (leaving out what they both create and
+//! remove) and the log is emptied; at open, the log is applied first.
 //!
 //! A failed commit (disk full, I/O error) is retried with a backoff, with
 //! the same batch, for as long as it fails: senders wait (their phones see
@@ -107,11 +111,11 @@ pub struct JournalConfig {
 }
 
 impl JournalConfig {
-    /// The journal at `path` with a 64 MiB cache.
+    /// The journal at `path` with a 16 MiB cache.
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             compact_slack_bytes: 64 * 1024 * 1024,
             compact_check: Duration::from_secs(10),
             commit_gap: Duration::ZERO,
