@@ -29,31 +29,10 @@ MODES=${MODES:-fsync memory}
 BUILDS=${BUILDS:-old new}
 FLOOR_RATE=${FLOOR_RATE:-3000}
 WORK=$(mktemp -d /tmp/parley-phones.XXXXXX)
-PID=""
 
-start() { # BIN_DIR NAME MODE
-    local bin=$1 name=$2 mode=$3
-    local data=$WORK/$name
-    rm -rf "$data"
-    "$bin/parley" --data-dir "$data" --gateway-addr 127.0.0.1:5443 \
-        --http-addr 127.0.0.1:8443 --admin-addr 127.0.0.1:9090 \
-        --durability "$mode" \
-        --messages-per-second 100000 --messages-burst 100000 \
-        --frames-per-second 100000 --frames-burst 100000 >"$data.out" 2>"$data.err" &
-    PID=$!
-    for _ in $(seq 1 120); do grep -q "parley ready" "$data.out" 2>/dev/null && return 0; sleep 0.5; done
-    echo "parley ($bin) did not start:" >&2
-    cat "$data.err" >&2
-    exit 1
-}
-stop() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
-trap 'stop; rm -rf "$WORK"' EXIT
+# shellcheck source=server.sh
+. "$(dirname "$0")/server.sh"
+trap 'stop_server; rm -rf "$WORK"' EXIT
 
 phones() { # BIN_DIR NAME [args]
     local bin=$1 name=$2
@@ -73,12 +52,12 @@ for build in $BUILDS; do
     [ "$build" = new ] && bin=$NEW
     for mode in $MODES; do
         name=$build-$mode
-        start "$bin" "$name" "$mode"
+        PARLEY=$bin/parley start_server "$WORK/$name" --durability "$mode"
         for rate in $RATES; do
             phones "$bin" "$name" --rate "$rate" --duration "$DURATION"
         done
         phones "$bin" "$name" --rate "$START_RATE" --duration "$STEP_SECS" --find-max
-        stop
+        stop_server
     done
 done
 

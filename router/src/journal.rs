@@ -96,7 +96,7 @@ pub struct JournalConfig {
     pub compact_check: Duration,
     /// The least time from one commit's start to the next one's: ops that
     /// arrive sooner gather into the next commit. A commit costs about the
-    /// same whatever it holds (an fsync and redb's page writes), so a
+    /// same whatever it holds (its sync), so a
     /// committer that starts the next commit the moment the last one ends
     /// spends the same share of a core at any load; this paces it. Zero:
     /// back to back. An op that arrives after a quiet spell longer than
