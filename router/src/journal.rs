@@ -482,8 +482,6 @@ pub(crate) struct Replayed {
     pub(crate) live_bytes: u64,
     /// What an upgrade from format 1 did, if one ran.
     pub(crate) upgraded: Option<Upgraded>,
-    /// Ops the log held (commits since the last checkpoint), applied.
-    pub(crate) log_ops: usize,
 }
 
 /// An upgrade from format 1, in numbers.
@@ -583,7 +581,7 @@ impl Journal {
                 upgrade.ok_or_else(|| JournalError::NeedsUpgrade { path: path.clone() })?;
             replayed.upgraded = Some(upgrade_v1(&db, &path, upgrade)?);
         }
-        let wal = replay_log(&db, &config.path, &mut replayed)?;
+        let wal = replay_log(&db, &config.path)?;
         let mut live_bytes: u64 = 0;
         {
             let txn = db.begin_read().map_err(|e| fail(e.into()))?;
@@ -691,11 +689,7 @@ const LOG_TOKEN_BEFORE: u64 = 1;
 /// redb transaction applies the log and records both tokens, so a crash
 /// before the new log replaces the old one leaves an old log that is known
 /// to be applied already.
-fn replay_log(
-    db: &redb::Database,
-    journal: &std::path::Path,
-    replayed: &mut Replayed,
-) -> Result<wal::Wal, JournalError> {
+fn replay_log(db: &redb::Database, journal: &std::path::Path) -> Result<wal::Wal, JournalError> {
     let path = journal.display().to_string();
     let fail = |source: redb::Error| JournalError::Open {
         path: path.clone(),
@@ -731,7 +725,6 @@ fn replay_log(
         }
         if Some(log.token) == current {
             write_in(&txn, &log.ops, &mut Vec::new(), &Transient::default()).map_err(fail)?;
-            replayed.log_ops = log.ops.len();
             tracing::info!(path = %log_name, ops = log.ops.len(), "journal log replayed");
         } else if Some(log.token) == before || log.ops.is_empty() {
             // Applied at the last start already, or nothing in it.

@@ -240,6 +240,10 @@ fn ids_carry_the_configured_node() {
 }
 
 fn journaled(path: &std::path::Path) -> (MemoryRouter, Restored) {
+    journaled_with(&JournalConfig::at(path))
+}
+
+fn journaled_with(journal: &JournalConfig) -> (MemoryRouter, Restored) {
     MemoryRouter::open(
         MemoryConfig {
             window: 8,
@@ -248,7 +252,7 @@ fn journaled(path: &std::path::Path) -> (MemoryRouter, Restored) {
             ..MemoryConfig::default()
         },
         RouterMetrics::default(),
-        &JournalConfig::at(path),
+        journal,
         None,
     )
     .expect("journal opens")
@@ -381,21 +385,10 @@ async fn a_journal_from_elsewhere_is_refused_not_guessed() {
 /// A router whose journal is never checkpointed while it runs: every
 /// change stays in the log.
 fn journaled_uncheckpointed(path: &std::path::Path) -> (MemoryRouter, Restored) {
-    MemoryRouter::open(
-        MemoryConfig {
-            window: 8,
-            dedupe_horizon: 4,
-            shards: 4,
-            ..MemoryConfig::default()
-        },
-        RouterMetrics::default(),
-        &JournalConfig {
-            checkpoint_every: std::time::Duration::from_secs(3600),
-            ..JournalConfig::at(path)
-        },
-        None,
-    )
-    .expect("journal opens")
+    journaled_with(&JournalConfig {
+        checkpoint_every: std::time::Duration::from_secs(3600),
+        ..JournalConfig::at(path)
+    })
 }
 
 /// The journal's files as a crash would leave them now: copies of the
