@@ -20,6 +20,7 @@
 mod envelopes;
 pub mod metrics;
 mod session;
+mod tls;
 mod upgrade;
 
 use std::future::Future;
@@ -33,7 +34,6 @@ use parley_router::ratelimit::Rate;
 use parley_router::{Device, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
@@ -177,7 +177,6 @@ impl<R: Router> Gateway<R> {
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let acceptor = TlsAcceptor::from(tls);
         let max = self.shared.config.max_connections;
         let permits = Arc::new(Semaphore::new(max));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -207,10 +206,10 @@ impl<R: Router> Gateway<R> {
                 },
             };
             let shared = self.shared.clone();
-            let acceptor = acceptor.clone();
+            let tls = tls.clone();
             let stop = stop_rx.clone();
             tokio::spawn(async move {
-                connection(tcp, peer, acceptor, shared, stop).await;
+                connection(tcp, peer, tls, shared, stop).await;
                 drop(permit);
             });
         }
@@ -239,13 +238,13 @@ impl<R: Router> Gateway<R> {
 async fn connection<R: Router>(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared<R>>,
     stop: watch::Receiver<bool>,
 ) {
     let _open = Held::new(&shared.metrics.connections_open);
     let timeout = shared.config.handshake_timeout;
-    let handshake = Box::pin(handshake(tcp, acceptor, shared.clone(), stop));
+    let handshake = Box::pin(handshake(tcp, tls, shared.clone(), stop));
     // Bound in its own statement, so the finished handshake (its box and
     // the timer) is freed before the session runs, not kept alive as a
     // temporary of the match for the session's whole life.
@@ -288,14 +287,14 @@ fn report_seen<R>(shared: &Shared<R>, device: Device) {
 /// run, or the `reason` label of the failure.
 async fn handshake<R: Router>(
     tcp: TcpStream,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared<R>>,
     stop: watch::Receiver<bool>,
 ) -> Result<(Device, SessionFuture), &'static str> {
     let accepted = std::time::Instant::now();
     // Small frames (acks, receipts) must go out at once.
     let _ = tcp.set_nodelay(true);
-    let tls = acceptor.accept(tcp).await.map_err(|_| "tls")?;
+    let tls = tls::accept(tcp, tls).await.map_err(|_| "tls")?;
     let (ws, claims) = upgrade::accept(tls, &shared.auth, shared.websocket)
         .await
         .map_err(|err| match err {

@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn the_session_future_holds_the_websocket_stream_once() {
-        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Tls = crate::tls::TlsStream;
         let ws = std::mem::size_of::<tokio_tungstenite::WebSocketStream<Tls>>();
         let run = future_size(super::run::<Tls, parley_router::MemoryRouter>);
         // Every idle session carries this future: the stream once, plus the
