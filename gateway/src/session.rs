@@ -229,7 +229,7 @@ where
 async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     first: Bytes,
-    more: Option<&mut tokio::sync::mpsc::Receiver<Bytes>>,
+    more: Option<&mut parley_router::Frames>,
     limit: Duration,
     metrics: &GatewayMetrics,
 ) -> Result<(), Ending> {
@@ -240,7 +240,7 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
             return ws.flush().await;
         };
         for _ in 1..MAX_FRAMES_PER_FLUSH {
-            let Ok(frame) = more.try_recv() else { break };
+            let Some(frame) = more.try_recv() else { break };
             count_out(metrics, &frame);
             ws.feed(Message::Binary(frame)).await?;
         }

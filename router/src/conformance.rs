@@ -141,7 +141,7 @@ pub fn decode(bytes: &Bytes) -> Frame {
 
 /// Everything pushed to `session` so far.
 pub fn drain(session: &mut Attached) -> Vec<Frame> {
-    std::iter::from_fn(|| session.frames.try_recv().ok())
+    std::iter::from_fn(|| session.frames.try_recv())
         .map(|bytes| decode(&bytes))
         .collect()
 }

@@ -50,10 +50,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use parley_proto::v1::CloseReason;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use ids::{MAX_NODE_ID, NodeId};
 pub use journal::{JournalConfig, JournalError};
+pub use live::Frames;
 pub use memory::{MemoryConfig, MemoryRouter, Restored};
 pub use metrics::RouterMetrics;
 pub use parley_identity::{Device, DeviceId, Devices, UserId};
@@ -157,9 +158,9 @@ pub struct Attached {
     pub id: SessionId,
     /// Encoded `ServerFrame`s (deliveries, receipts, read-syncs, the
     /// queue-empty marker) to write to the phone in this order. The router
-    /// never has more frames outstanding than the channel holds, so it
-    /// never waits on a session.
-    pub frames: mpsc::Receiver<Bytes>,
+    /// never has more than its delivery window (and the queue-empty
+    /// marker) outstanding, and never waits on a session.
+    pub frames: Frames,
     /// Fires when the router ends the session (displaced, revoked,
     /// unlinked).
     pub closed: oneshot::Receiver<CloseReason>,

@@ -10,12 +10,16 @@
 //! previous session did not acknowledge is delivered again.
 //!
 //! Nothing here locks or waits: the backend holds whatever lock guards the
-//! backlog, and pushing to a session is a non-blocking channel send into a
-//! channel sized so that it never fills (see [`Live::channel`]).
+//! backlog, and pushing to a session is a non-blocking channel send: the
+//! window bounds what a session's channel holds (see [`Live::channel`]).
+
+use std::pin::Pin;
 
 use bytes::Bytes;
+use futures_channel::mpsc;
+use futures_core::Stream;
 use parley_proto::v1::CloseReason;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{Attached, SessionId};
 
@@ -36,7 +40,7 @@ fn queue_empty() -> Bytes {
 #[derive(Debug)]
 pub struct Live {
     id: SessionId,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::UnboundedSender<Bytes>,
     /// Taken when the router closes the session.
     close: Option<oneshot::Sender<CloseReason>>,
     /// The first `in_flight` backlog entries have been pushed and not
@@ -48,11 +52,14 @@ pub struct Live {
 }
 
 impl Live {
-    /// A session's channel and its router end: one slot more than the
-    /// window, for the queue-empty marker, so a push never finds it full
-    /// (at most `window` entries are ever unacknowledged).
-    pub fn channel(id: SessionId, window: usize, queued: usize) -> (Live, Attached) {
-        let (frames_tx, frames) = mpsc::channel(window + 1);
+    /// A session's channel and its router end. The channel holds what was
+    /// pushed and not yet written: at most the window and the queue-empty
+    /// marker, since the router pushes no more than `window` entries that
+    /// are not acknowledged. It allocates per frame and nothing at rest
+    /// (tokio's bounded channel keeps a 32-slot block, 1 KB, in every idle
+    /// session), and a push never waits.
+    pub fn channel(id: SessionId, queued: usize) -> (Live, Attached) {
+        let (frames_tx, frames) = mpsc::unbounded();
         let (close_tx, closed) = oneshot::channel();
         let live = Live {
             id,
@@ -61,6 +68,7 @@ impl Live {
             in_flight: 0,
             marker: Some(queued),
         };
+        let frames = Frames(frames);
         (live, Attached { id, frames, closed })
     }
 
@@ -83,7 +91,7 @@ impl Live {
             let Some(frame) = backlog.deliverable(self.in_flight) else {
                 break;
             };
-            if self.frames.try_send(frame.clone()).is_err() {
+            if self.frames.unbounded_send(frame.clone()).is_err() {
                 return false;
             }
             self.in_flight += 1;
@@ -92,7 +100,7 @@ impl Live {
             && self.in_flight >= at
         {
             self.marker = None;
-            if self.frames.try_send(queue_empty()).is_err() {
+            if self.frames.unbounded_send(queue_empty()).is_err() {
                 return false;
             }
         }
@@ -120,6 +128,23 @@ impl Live {
     }
 }
 
+/// The frames a session is to write (deliveries, receipts, read-syncs, the
+/// queue-empty marker), in order, as its router end pushes them.
+#[derive(Debug)]
+pub struct Frames(mpsc::UnboundedReceiver<Bytes>);
+
+impl Frames {
+    /// The next frame; `None` once the router has let go of the session.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_next(cx)).await
+    }
+
+    /// The next frame if one is waiting now.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.0.try_recv().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,14 +158,14 @@ mod tests {
     }
 
     fn drain(attached: &mut Attached) -> Vec<Bytes> {
-        std::iter::from_fn(|| attached.frames.try_recv().ok()).collect()
+        std::iter::from_fn(|| attached.frames.try_recv()).collect()
     }
 
     #[test]
     fn the_window_bounds_pushes_and_the_marker_follows_the_backlog() {
         let entries = (0..5u8).map(|i| (Bytes::from(vec![i]), true)).collect();
         let mut queue = Queue(entries);
-        let (mut live, mut attached) = Live::channel(SessionId(1), 2, queue.0.len());
+        let (mut live, mut attached) = Live::channel(SessionId(1), queue.0.len());
         assert!(live.pump(&queue, 2));
         assert_eq!(
             drain(&mut attached),
@@ -167,7 +192,7 @@ mod tests {
             (Bytes::from_static(b"a"), false),
             (Bytes::from_static(b"b"), true),
         ]);
-        let (mut live, mut attached) = Live::channel(SessionId(1), 8, queue.0.len());
+        let (mut live, mut attached) = Live::channel(SessionId(1), queue.0.len());
         assert!(live.pump(&queue, 8));
         assert!(drain(&mut attached).is_empty());
         queue.0[0].1 = true;
@@ -178,7 +203,7 @@ mod tests {
     #[test]
     fn a_closed_channel_reports_the_session_gone() {
         let queue = Queue(vec![(Bytes::from_static(b"a"), true)]);
-        let (mut live, attached) = Live::channel(SessionId(1), 8, 0);
+        let (mut live, attached) = Live::channel(SessionId(1), 0);
         drop(attached);
         assert!(!live.pump(&queue, 8));
     }

@@ -277,7 +277,7 @@ mod tests {
         assert!(mailbox.wake_due(7));
         assert!(!mailbox.wake_due(7), "the same second");
         assert!(mailbox.wake_due(8));
-        let (live, _attached) = Live::channel(SessionId(1), 8, 0);
+        let (live, _attached) = Live::channel(SessionId(1), 0);
         mailbox.attach(live, 8);
         mailbox.detach(SessionId(1));
         assert!(mailbox.wake_due(8), "the first miss after a session");

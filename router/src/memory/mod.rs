@@ -661,7 +661,7 @@ impl Router for MemoryRouter {
         let id = SessionId(self.inner.sessions.fetch_add(1, Ordering::Relaxed) + 1);
         let mut shard = self.inner.mailboxes.lock(device);
         let mailbox = shard.entry(device).or_default();
-        let (live, attached) = Live::channel(id, self.window(), mailbox.len());
+        let (live, attached) = Live::channel(id, mailbox.len());
         if let Some(old) = mailbox.attach(live, self.window()) {
             old.close(CloseReason::Displaced);
         }
