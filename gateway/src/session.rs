@@ -111,10 +111,10 @@ where
         let started = Instant::now();
         let mut frames_allowance = TokenBucket::new(config.frames, started);
         let mut messages_allowance = TokenBucket::new(config.messages, started);
-        let mut attached = match shared.router.attach(device).await {
+        let mut attached = match Box::pin(shared.router.attach(device)).await {
             Ok(attached) => attached,
             Err(err) => {
-                tracing::warn!(error = %err, "router refused the session");
+                tracing::warn!(user = device.user, device = device.device, error = %err, "router refused the session");
                 Box::pin(finish(
                     &mut ws,
                     Ending::Error(ErrorCode::Internal, "router unavailable"),
@@ -209,9 +209,9 @@ where
         };
         // Detach before the close handshake, so a reconnecting phone's new
         // session does not wait for this one to finish closing.
-        if let Err(err) = shared.router.detach(device, attached.id).await {
+        if let Err(err) = Box::pin(shared.router.detach(device, attached.id)).await {
             // The session is over either way; its entries stay queued.
-            tracing::warn!(error = %err, "router failed to detach the session");
+            tracing::warn!(user = device.user, device = device.device, error = %err, "router failed to detach the session");
         }
         tracing::debug!(?ending, "session ended");
         metrics
@@ -320,7 +320,7 @@ async fn on_frame<'a, R: Router>(
     let frame = ClientFrame::decode(bytes)
         .map_err(|_| Ending::Error(ErrorCode::MalformedFrame, "frame is not a ClientFrame"))?;
     let internal = |err: parley_router::RouterError| {
-        tracing::warn!(error = %err, "router failed");
+        tracing::warn!(user = device.user, device = device.device, error = %err, "router failed");
         Ending::Error(ErrorCode::Internal, "router unavailable")
     };
     match frame.frame {
@@ -339,7 +339,7 @@ async fn on_frame<'a, R: Router>(
             .map_err(internal),
         Some(client_frame::Frame::MarkRead(read)) => {
             let unavailable = |err: parley_identity::DirectoryError| {
-                tracing::warn!(error = %err, "directory failed");
+                tracing::warn!(user = device.user, device = device.device, error = %err, "directory failed");
                 Ending::Error(ErrorCode::Internal, "account store unavailable")
             };
             let sender_devices = shared
@@ -444,18 +444,18 @@ fn on_set_push_token<'a, R: Router>(
                 answer(ErrorCode::PushPlatformUnavailable, error.to_string())
             }
             Ok(Err(TokenError::Failed(detail))) => {
-                tracing::warn!(error = %detail, "push token not registered");
+                tracing::warn!(user = device.user, device = device.device, error = %detail, "push token not registered");
                 answer(
                     ErrorCode::PushFailed,
                     "the push service failed; retry later".to_owned(),
                 )
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "push token not registered");
+                tracing::warn!(user = device.user, device = device.device, %error, "push token not registered");
                 answer(ErrorCode::Internal, "retry later".to_owned())
             }
             Err(join) => {
-                tracing::error!(error = %join, "push token registration panicked");
+                tracing::error!(user = device.user, device = device.device, error = %join, "push token registration panicked");
                 answer(ErrorCode::Internal, "retry later".to_owned())
             }
         }
@@ -509,7 +509,7 @@ async fn on_send<'a, R: Router>(
         }
         Ok(devices) => devices,
         Err(err) => {
-            tracing::warn!(error = %err, "directory failed");
+            tracing::warn!(user = device.user, device = device.device, error = %err, "directory failed");
             return now(refuse(
                 ErrorCode::Internal,
                 "account store unavailable; retry",
@@ -544,7 +544,7 @@ async fn on_send<'a, R: Router>(
     // here, in the order this session read its sends); the ack waits for
     // the returned future.
     let routed = shared.router.submit(device, outgoing);
-    Box::pin(async move { answer(shared, client_msg_id, routed.await) })
+    Box::pin(async move { answer(shared, device, client_msg_id, routed.await) })
 }
 
 /// The devices of `device`'s own user, itself among them even if the
@@ -582,6 +582,7 @@ fn send_error(
 /// The frame that answers a send the router took or refused.
 fn answer<R: Router>(
     shared: &Shared<R>,
+    device: Device,
     client_msg_id: u64,
     routed: Result<parley_router::Accepted, parley_router::SendError>,
 ) -> server_frame::Frame {
@@ -613,7 +614,7 @@ fn answer<R: Router>(
             0,
         ),
         Err(parley_router::SendError::Router(err)) => {
-            tracing::warn!(error = %err, "router failed");
+            tracing::warn!(user = device.user, device = device.device, error = %err, "router failed");
             send_error(
                 client_msg_id,
                 ErrorCode::Internal,
@@ -798,6 +799,19 @@ mod tests {
     /// The size of the future an async function returns, without calling it.
     fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_connection_task_holds_little_more_than_pointers() {
+        fn future_size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let task = future_size5(crate::connection::<parley_router::MemoryRouter>);
+        // Every session's task carries this future (tokio rounds a task to
+        // 128 bytes: with its header and trailer, 384). The handshake, its
+        // timer and the session are boxed; arguments stored twice (an
+        // `async fn`) or the timer inline would pass this.
+        assert!(task <= 200, "connection future {task} bytes");
     }
 
     #[test]
