@@ -329,8 +329,12 @@ async fn handshake<R: Router>(
     // its formatted fields), for the debug lines it frames; the session's
     // warnings name the device themselves.
     let span = tracing::debug_span!("session", user = device.user, device = device.device);
-    Ok((
-        device,
-        Box::pin(session::run(ws, device, shared, stop).instrument(span)),
-    ))
+    let session = session::run(ws, device, shared, stop);
+    // Disabled, the span is not carried at all (nor entered at every poll).
+    let session: SessionFuture = if span.is_disabled() {
+        Box::pin(session)
+    } else {
+        Box::pin(session.instrument(span))
+    };
+    Ok((device, session))
 }
