@@ -26,6 +26,7 @@ mod upgrade;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parley_identity::{Authenticator, CachedDirectory, Directory};
@@ -33,7 +34,7 @@ use parley_proto::limits::MAX_FRAME_BYTES;
 use parley_router::ratelimit::Rate;
 use parley_router::{Device, Router};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
@@ -130,6 +131,10 @@ struct Shared<R> {
     /// Registers push tokens sent over the session (`SetPushToken`);
     /// without, every platform is unavailable.
     push: Option<parley_push::Registrar>,
+    /// Set when shutdown begins. Sessions attached by then are closed
+    /// through the router ([`Router::close_all`]); one that attaches later
+    /// reads this right after its attach and closes itself.
+    stopping: AtomicBool,
 }
 
 /// The gateway: build it once, then [`Gateway::serve`] a listener.
@@ -156,6 +161,7 @@ impl<R: Router> Gateway<R> {
                 websocket,
                 metrics,
                 push: None,
+                stopping: AtomicBool::new(false),
             }),
         }
     }
@@ -180,7 +186,6 @@ impl<R: Router> Gateway<R> {
     ) {
         let max = self.shared.config.max_connections;
         let permits = Arc::new(Semaphore::new(max));
-        let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(shutdown);
 
         loop {
@@ -208,15 +213,21 @@ impl<R: Router> Gateway<R> {
             };
             let shared = self.shared.clone();
             let tls = tls.clone();
-            let stop = stop_rx.clone();
             tokio::spawn(async move {
-                connection(tcp, peer, tls, shared, stop).await;
+                connection(tcp, peer, tls, shared).await;
                 drop(permit);
             });
         }
 
         drop(listener);
-        let _ = stop_tx.send(true);
+        // Every session is told `Closing{SERVER_SHUTDOWN}`: those attached
+        // now by the router, those attaching later by the flag (read after
+        // their attach, which the router orders with this close).
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared
+            .router
+            .close_all(parley_proto::v1::CloseReason::ServerShutdown)
+            .await;
         let grace = self.shared.config.shutdown_grace;
         let all = u32::try_from(max).unwrap_or(u32::MAX);
         if tokio::time::timeout(grace, permits.acquire_many(all))
@@ -248,14 +259,13 @@ fn connection<R: Router>(
     peer: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared<R>>,
-    stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _open = Held::new(&shared.metrics.connections_open);
         let timeout = shared.config.handshake_timeout;
         let handshake = Box::pin(tokio::time::timeout(
             timeout,
-            handshake(tcp, tls, shared.clone(), stop),
+            handshake(tcp, tls, shared.clone()),
         ));
         // Bound in its own statement, so the finished handshake (its box
         // and the timer) is freed before the session runs, not kept alive
@@ -302,7 +312,6 @@ async fn handshake<R: Router>(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared<R>>,
-    stop: watch::Receiver<bool>,
 ) -> Result<(Device, SessionFuture), &'static str> {
     let accepted = std::time::Instant::now();
     // Small frames (acks, receipts) must go out at once.
@@ -329,7 +338,7 @@ async fn handshake<R: Router>(
     // its formatted fields), for the debug lines it frames; the session's
     // warnings name the device themselves.
     let span = tracing::debug_span!("session", user = device.user, device = device.device);
-    let session = session::run(ws, device, shared, stop);
+    let session = session::run(ws, device, shared);
     // Disabled, the span is not carried at all (nor entered at every poll).
     let session: SessionFuture = if span.is_disabled() {
         Box::pin(session)

@@ -1,10 +1,10 @@
 //! One authenticated WebSocket session: the loop that decodes the phone's
 //! frames and hands them to the router, and writes what the router pushes.
 //!
-//! A session is one task that owns its socket; it waits on four things at
-//! once: a frame from the phone, a frame from the router, the router ending
-//! the session (displaced, revoked), and server shutdown, plus the idle
-//! timer. It holds nothing per message: the router keeps the queue, and the
+//! A session is one task that owns its socket; it waits on three things at
+//! once: a frame from the phone, a frame from the router, and the router
+//! ending the session (displaced, revoked, unlinked, server shutdown), plus
+//! the idle timer and the answers to its sends. It holds nothing per message: the router keeps the queue, and the
 //! session's outbound channel is bounded by the router's delivery window.
 //!
 //! Memory per idle session is a feature: a future reserves room for its
@@ -31,7 +31,6 @@ use parley_router::ratelimit::TokenBucket;
 use parley_router::{Device, Devices, Frames, Outgoing, Read, Router};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -98,7 +97,6 @@ pub(crate) fn run<S, R>(
     mut ws: WebSocketStream<S>,
     device: Device,
     shared: Arc<Shared<R>>,
-    mut shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -132,7 +130,13 @@ where
         // commit; their answers are written in order as they complete.
         let mut replies: VecDeque<Reply<'_>> = VecDeque::new();
 
+        // Shutdown closes the sessions attached by then through the router
+        // (`closed` below); this one may have attached just after.
+        let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
         let ending = loop {
+            if stopping {
+                break Ending::Closing(CloseReason::ServerShutdown);
+            }
             // The wait holds only small futures; what woke the session is
             // handled in one boxed future, so nothing a wake-up carries (a
             // message, a frame, an answer, their writes) is reserved in the
@@ -141,11 +145,12 @@ where
                 // Router orders first: a displaced session must stop before it
                 // reads another frame.
                 biased;
+                // The router ends the session: displaced, revoked, unlinked,
+                // or the server shutting down.
                 reason = &mut attached.closed => {
                     // A dropped sender means the router let go of this session.
                     Wake::End(Ending::Closing(reason.unwrap_or(CloseReason::ServerShutdown)))
                 }
-                _ = shutdown.changed() => Wake::End(Ending::Closing(CloseReason::ServerShutdown)),
                 // Answers before router frames: a send's receipt can only
                 // exist once its ack is ready, and a phone must see the ack
                 // (which tells it the message id) before the receipt.
@@ -872,16 +877,16 @@ mod tests {
     }
 
     /// The size of the future an async function returns, without calling it.
-    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
     #[test]
     fn the_connection_task_holds_little_more_than_pointers() {
-        fn future_size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        fn future_size4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let task = future_size5(crate::connection::<parley_router::MemoryRouter>);
+        let task = future_size4(crate::connection::<parley_router::MemoryRouter>);
         // Every session's task carries this future (tokio rounds a task to
         // 128 bytes: with its header and trailer, 384). The handshake, its
         // timer and the session are boxed; arguments stored twice (an

@@ -86,6 +86,7 @@ macro_rules! conformance_suite {
             per_device_bodies_reach_their_own_devices,
             a_new_session_displaces_the_old_and_a_late_detach_is_ignored,
             closing_a_device_closes_only_its_session_and_keeps_its_queue,
+            closing_all_closes_every_session_and_keeps_the_queues,
             a_removed_device_loses_its_queue_or_hands_it_to_its_successor,
             a_full_device_gets_no_copy_and_a_recipient_full_everywhere_refuses,
             old_entries_expire_and_young_ones_stay,
@@ -541,6 +542,25 @@ pub async fn closing_a_device_closes_only_its_session_and_keeps_its_queue(b: &mu
     drain(&mut laptop);
     let mut phone = attach(&r, bo.device(0)).await;
     assert_eq!(bodies(&drain(&mut phone)), ["queued"]);
+}
+
+pub async fn closing_all_closes_every_session_and_keeps_the_queues(b: &mut impl Backend) {
+    let r = b.open(Settings::default());
+    let (a, bo) = (alice(), User::new(2, 2));
+    let mut sender = attach(&r, a.device(0)).await;
+    let mut phone = attach(&r, bo.device(0)).await;
+    let mut laptop = attach(&r, bo.device(1)).await;
+    drain(&mut phone);
+    send(&r, &a, 0, &bo, 1, "in flight").await;
+    r.close_all(CloseReason::ServerShutdown).await;
+    for session in [&mut sender, &mut phone, &mut laptop] {
+        assert_eq!(session.closed.try_recv(), Ok(CloseReason::ServerShutdown));
+    }
+    // What was pushed and not acknowledged is delivered to the next session.
+    let mut phone = attach(&r, bo.device(0)).await;
+    assert_eq!(bodies(&drain(&mut phone)), ["in flight"]);
+    // A session attached after the close is not closed by it.
+    assert!(phone.closed.try_recv().is_err());
 }
 
 pub async fn a_removed_device_loses_its_queue_or_hands_it_to_its_successor(b: &mut impl Backend) {

@@ -344,6 +344,12 @@ pub trait Router: Clone + Send + Sync + 'static {
         reason: CloseReason,
     ) -> impl Future<Output = Result<(), RouterError>> + Send;
 
+    /// Closes every live session with `reason` (the server is shutting
+    /// down). Queues stay. A session attached once this has run is not
+    /// closed by it: the caller stops those itself (the gateway checks its
+    /// own shutdown flag after each attach).
+    fn close_all(&self, reason: CloseReason) -> impl Future<Output = ()> + Send;
+
     /// The device is no longer one of its user's (unlinked, or replaced by
     /// a re-registration): its live session is closed with `reason`, and
     /// its queue and de-duplication memory are dropped, or, with

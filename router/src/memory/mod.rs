@@ -788,6 +788,14 @@ impl Router for MemoryRouter {
         Ok(())
     }
 
+    async fn close_all(&self, reason: CloseReason) {
+        for shard in 0..self.inner.mailboxes.len() {
+            for mailbox in self.inner.mailboxes.lock_index(shard).values_mut() {
+                mailbox.close(reason);
+            }
+        }
+    }
+
     async fn remove_device(
         &self,
         device: Device,
