@@ -53,11 +53,14 @@ pub struct Live {
 
 impl Live {
     /// A session's channel and its router end. The channel holds what was
-    /// pushed and not yet written: at most the window and the queue-empty
-    /// marker, since the router pushes no more than `window` entries that
-    /// are not acknowledged. It allocates per frame and nothing at rest
-    /// (tokio's bounded channel keeps a 32-slot block, 1 KB, in every idle
-    /// session), and a push never waits.
+    /// pushed and not yet written, bounded by [`Live::push`] at the window
+    /// and the queue-empty marker: the router pushes no more than `window`
+    /// entries that are not acknowledged, so the bound is never reached by
+    /// a session that works; past it the session is dropped (its entries
+    /// stay queued for its next session). The channel is futures-channel's
+    /// unbounded one under that check because it allocates per frame and
+    /// nothing at rest (tokio's bounded channel keeps a 32-slot block, 1
+    /// KB, in every idle session), and a push never waits.
     pub fn channel(id: SessionId, queued: usize) -> (Live, Attached) {
         let (frames_tx, frames) = mpsc::unbounded();
         let (close_tx, closed) = oneshot::channel();
@@ -85,13 +88,13 @@ impl Live {
 
     /// Pushes backlog entries until the window is full, then the marker
     /// once the backlog queued at attach has gone out. Returns `false` when
-    /// the session is gone (its channel closed): drop it.
+    /// the session is gone (its channel closed or full): drop it.
     pub fn pump(&mut self, backlog: &impl Backlog, window: usize) -> bool {
         while self.in_flight < window {
             let Some(frame) = backlog.deliverable(self.in_flight) else {
                 break;
             };
-            if self.frames.unbounded_send(frame.clone()).is_err() {
+            if !self.push(frame.clone(), window) {
                 return false;
             }
             self.in_flight += 1;
@@ -100,11 +103,18 @@ impl Live {
             && self.in_flight >= at
         {
             self.marker = None;
-            if self.frames.unbounded_send(queue_empty()).is_err() {
+            if !self.push(queue_empty(), window) {
                 return false;
             }
         }
         true
+    }
+
+    /// Sends `frame` to the session unless its channel already holds
+    /// `window + 1` frames (the window and the marker: the channel's
+    /// bound). Full or closed, the session is gone: `false`.
+    fn push(&self, frame: Bytes, window: usize) -> bool {
+        self.frames.len() <= window && self.frames.unbounded_send(frame).is_ok()
     }
 
     /// The backlog entry at `index` is gone (acknowledged or expired).
@@ -198,6 +208,19 @@ mod tests {
         queue.0[0].1 = true;
         assert!(live.pump(&queue, 8));
         assert_eq!(drain(&mut attached).len(), 3);
+    }
+
+    #[test]
+    fn a_full_channel_reports_the_session_gone() {
+        let (live, attached) = Live::channel(SessionId(1), 0);
+        for i in 0..3u8 {
+            assert!(live.push(Bytes::from(vec![i]), 2), "frame {i} fits");
+        }
+        assert!(
+            !live.push(Bytes::from_static(b"over"), 2),
+            "window 2 + marker"
+        );
+        drop(attached);
     }
 
     #[test]
