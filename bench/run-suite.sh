@@ -14,7 +14,11 @@
 # scenario on a fresh server. This machine's speed changes from day to
 # day: compare figures from one run of this script, as ratios. CHAT=1 adds
 # the 1,000-pair throughput scenarios (dozens of frames per wake-up; not
-# what phones do).
+# what phones do). Where ejabberd is installed (`apt-get install
+# ejabberd`; EJABBERD=0 skips it), the same phones shape runs against it
+# too (`parley-bench xmpp`, bench/ejabberd.sh: plain TCP, anonymous
+# logins; with XEP-0184 receipts, then without), ~8 more minutes, and the
+# summary gains an ejabberd column.
 #
 # Loopback only; every run is bounded by its own flags and every wait here
 # by a timeout. Server and generator share the machine.
@@ -92,6 +96,24 @@ for build in $BUILDS; do
 done
 unset PARLEY
 
+if [ "${EJABBERD:-1}" != 0 ] && command -v ejabberdctl >/dev/null; then
+    echo "== ejabberd: the phones shape over XMPP (10,000 sessions, 64-byte bodies)"
+    trap 'stop_server; "$ROOT/bench/ejabberd.sh" stop >/dev/null 2>&1' EXIT
+    "$ROOT/bench/ejabberd.sh" stop >/dev/null 2>&1 || true
+    EJ=$("$ROOT/bench/ejabberd.sh" start)
+    xmpp() { $BENCH xmpp --server-pid "$EJ" --floor "$FLOOR" --out "$OUT/ejabberd" "$@"; }
+    # In the order the summary reads them: receipts at 3,000/s, 5,000/s,
+    # the maximum; then without receipts (ejabberd's own shape).
+    xmpp --receipts --rate 3000 --duration 30
+    xmpp --receipts --rate 5000 --duration 30
+    xmpp --receipts --rate 2000 --duration 20 --find-max --step-factor 1.25 --max-steps 8
+    xmpp --rate 3000 --duration 30
+    xmpp --rate 2000 --duration 20 --find-max --step-factor 1.25 --max-steps 8
+    "$ROOT/bench/ejabberd.sh" stop >/dev/null 2>&1 || true
+else
+    echo "== ejabberd: skipped (not installed: apt-get install ejabberd; or EJABBERD=0)"
+fi
+
 python3 - "$OUT" <<'EOF' | tee "$OUT/summary.md"
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -118,8 +140,17 @@ builds = [b for b in ("old", "new") if (out / b).is_dir()]
 def pick(scenario, index, sub=""):
     return {b: (runs(b, scenario, sub)[index] if len(runs(b, scenario, sub)) > index else None) for b in builds}
 
+# ejabberd's runs stand beside the phones runs of the same shape (with
+# receipts): 3,000/s, 5,000/s, the maximum.
+xmpp_runs = runs("ejabberd", "xmpp") if (out / "ejabberd").is_dir() else []
+def beside(phones, index):
+    if xmpp_runs:
+        phones["ejabberd"] = xmpp_runs[index] if len(xmpp_runs) > index else None
+    return phones
+
 idle, login = pick("idle", 0), pick("login", 0)
-p3000, p5000, pmax, pmem = pick("phones", 0), pick("phones", 1), pick("phones", 2), pick("phones", 0, "memory")
+p3000, p5000, pmax = beside(pick("phones", 0), 0), beside(pick("phones", 1), 1), beside(pick("phones", 2), 2)
+pmem = pick("phones", 0, "memory")
 offline = pick("offline", 0)
 row("idle: bytes per session (19,000)", idle, "bytes_per_session", "bytes_per_session")
 row("login: logins/s (64 loops)", login, "logins_per_s", "logins_per_s")
@@ -133,6 +164,9 @@ for label, runs_ in (("phones 3,000/s", p3000), ("phones 5,000/s", p5000)):
     row(f"{label}: stall (max - p99.9) ms", runs_, "stall_ms")
     row(f"{label}: send lag p50 ms (the generator's own)", runs_, "send_lag_p50_ms", "send_lag_p50_ms")
 row("phones: highest msgs/s that keeps up", pmax, "max_msgs_per_s")
+if xmpp_runs:
+    row("ejabberd without receipts, 3,000/s: server CPU µs/msg", {"ejabberd": xmpp_runs[3] if len(xmpp_runs) > 3 else None}, "server_cpu_us_per_msg")
+    row("ejabberd without receipts: highest msgs/s that keeps up", {"ejabberd": xmpp_runs[4] if len(xmpp_runs) > 4 else None}, "max_msgs_per_s")
 row("phones 3,000/s, --durability memory: server CPU µs/msg", pmem, "server_cpu_us_per_msg")
 journal = {
     b: {"x": p3000[b]["server_cpu_us_per_msg"] - pmem[b]["server_cpu_us_per_msg"]}
@@ -143,13 +177,16 @@ journal = {
 row("phones 3,000/s: the journal's CPU µs/msg (fsync minus memory)", journal, "x")
 row("offline: bytes per queued 100-B message", offline, "bytes_per_queued_msg")
 row("offline: drain msgs/s", offline, "drain_msgs_per_s")
-print("| figure | " + " | ".join(builds) + (" | new/old" if len(builds) == 2 else "") + " | floor |")
-print("| --- |" + " --- |" * (len(builds) + (2 if len(builds) == 2 else 1)))
+cols = builds + (["ejabberd"] if xmpp_runs else [])
+ratios = (["new/old"] if len(builds) == 2 else []) + (["new/ejabberd"] if xmpp_runs else [])
+print("| figure | " + " | ".join(cols + ratios) + " | floor |")
+print("| --- |" + " --- |" * (len(cols) + len(ratios) + 1))
 fmt = lambda v: "" if v is None else f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
 for label, cells, f in rows:
-    line = [fmt(cells.get(b)) for b in builds]
-    if len(builds) == 2:
-        o, n = cells.get("old"), cells.get("new")
+    line = [fmt(cells.get(b)) for b in cols]
+    n = cells.get("new")
+    for r in ratios:
+        o = cells.get(r.split("/")[1])
         line.append(f"{n / o:.2f}" if o and n is not None else "")
     print(f"| {label} | " + " | ".join(line) + f" | {fmt(f)} |")
 EOF

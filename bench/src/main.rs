@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use parley_bench::scenario::{
-    self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, MediaArgs, OfflineArgs, PhonesArgs,
+    self, ChatArgs, FloorArgs, IdleArgs, LoginArgs, MediaArgs, OfflineArgs, PhonesArgs, XmppArgs,
 };
 
 /// Parley's load generator. Every scenario is bounded in time and count,
@@ -30,6 +30,9 @@ enum Command {
     /// 64-byte bodies, 3,000 msgs/s): server and generator CPU per message,
     /// deliver and receipt latency, stalls.
     Phones(PhonesArgs),
+    /// `phones` against an XMPP server (ejabberd, bench/ejabberd.sh) over
+    /// plain TCP with anonymous logins, for a side-by-side comparison.
+    Xmpp(XmppArgs),
     /// Queue messages for offline users: memory per message, drain rate.
     Offline(OfflineArgs),
     /// The same loads against the built-in echo server: the machine's floor.
@@ -93,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             .block_on(scenario::chat(a, "latency"))
             .map(drop),
         Command::Phones(a) => current_thread()?.block_on(scenario::phones(a)).map(drop),
+        Command::Xmpp(a) => current_thread()?.block_on(scenario::xmpp(a)).map(drop),
         Command::Offline(a) => current_thread()?.block_on(scenario::offline(a)).map(drop),
         Command::Floor(a) => current_thread()?.block_on(scenario::floor(a)).map(drop),
         Command::Media(a) => current_thread()?.block_on(scenario::media(a)).map(drop),

@@ -78,13 +78,19 @@ struct Creds {
 impl Common {
     /// Every problem with the options, not just the first.
     fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.problems_of_target();
         if let Err(e) = crate::addr::Target::parse(&self.ws) {
             p.push(format!("--ws: {e:#}"));
         }
         if self.tokens.is_none() && self.data_dir.is_none() {
             p.push("give --data-dir DIR, or --tokens FILE --ca CERT".into());
         }
+        p
+    }
+
+    /// The problems of the options every target shares (workers, connects).
+    fn problems_of_target(&self) -> Vec<String> {
+        let mut p = Vec::new();
         if !(1..=64).contains(&self.workers) {
             p.push("--workers must be 1..=64".into());
         }
@@ -434,6 +440,16 @@ pub struct ChatArgs {
     /// latency figures are the online pairs'.
     #[arg(long)]
     pub offline_partners: bool,
+    /// Set by `xmpp`: the same run against an XMPP server.
+    #[arg(skip)]
+    pub xmpp: Option<XmppTarget>,
+}
+
+/// Where `xmpp` sends, and how.
+#[derive(Clone, Debug, Serialize)]
+pub struct XmppTarget {
+    pub addr: std::net::SocketAddrV4,
+    pub receipts: bool,
 }
 
 impl ChatArgs {
@@ -467,13 +483,26 @@ impl ChatArgs {
 }
 
 pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
-    check(&a.common, a.problems())?;
     let c = &a.common;
-    let creds = c.creds_of(a.pairs * 2 * a.devices, a.devices)?;
+    let creds = if a.xmpp.is_some() {
+        // Anonymous logins: no users, no certificate.
+        let mut p = a.problems();
+        p.extend(c.problems_of_target());
+        if !p.is_empty() {
+            bail!("bad options:\n  {}", p.join("\n  "));
+        }
+        Creds {
+            tokens: None,
+            ca: PathBuf::new(),
+        }
+    } else {
+        check(c, a.problems())?;
+        c.creds_of(a.pairs * 2 * a.devices, a.devices)?
+    };
     if !a.find_max {
         let report = chat_run(c, &creds, &a, a.rate).await?;
-        let mut result =
-            RunResult::new(scenario, &c.ws, serde_json::to_value(&a)?).with_report(&report);
+        let mut result = RunResult::new(scenario, &target_of(&a), serde_json::to_value(&a)?)
+            .with_report(&report);
         result.figures = chat_figures(&report, &a, a.rate, Goals::of(scenario));
         return c.finish(result);
     }
@@ -512,7 +541,7 @@ pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
     }
     let (best_rate, max, report) = best.context("no step ran")?;
     let mut result =
-        RunResult::new(scenario, &c.ws, serde_json::to_value(&a)?).with_report(&report);
+        RunResult::new(scenario, &target_of(&a), serde_json::to_value(&a)?).with_report(&report);
     let max_figure = Figure::new("max_msgs_per_s", max, "msg/s");
     result.figures = vec![if Goals::of(scenario) == Goals::Throughput {
         max_figure.goal(Op::AtLeast, 30_000.0)
@@ -525,6 +554,14 @@ pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
     result.extra =
         serde_json::json!({ "steps": steps, "series_of": "the fastest step that kept up" });
     c.finish(result)
+}
+
+/// What the run talks to, for the result's header.
+fn target_of(a: &ChatArgs) -> String {
+    match &a.xmpp {
+        Some(x) => format!("xmpp://{}", x.addr),
+        None => a.common.ws.clone(),
+    }
 }
 
 /// One chat run at `rate`: connect the pairs, send, drain, report. With
@@ -542,15 +579,28 @@ async fn chat_run(c: &Common, creds: &Creds, a: &ChatArgs, rate: f64) -> anyhow:
         .iter()
         .map(|r| r.start * per_pair..r.end * per_pair)
         .collect();
-    let specs = c.specs(creds, ranges, |i| Job::Chat {
-        rate: rate * pair_ranges[i].len() as f64 / a.pairs as f64,
-        secs: a.duration,
-        body_len: a.body,
-        window: a.window,
-        drain_secs: a.drain,
-        devices: a.devices,
-        echo: false,
-        offline_partners: a.offline_partners,
+    let specs = c.specs(creds, ranges, |i| {
+        let rate = rate * pair_ranges[i].len() as f64 / a.pairs as f64;
+        match &a.xmpp {
+            Some(x) => Job::Xmpp {
+                addr: x.addr,
+                rate,
+                secs: a.duration,
+                body_len: a.body,
+                drain_secs: a.drain,
+                receipts: x.receipts,
+            },
+            None => Job::Chat {
+                rate,
+                secs: a.duration,
+                body_len: a.body,
+                window: a.window,
+                drain_secs: a.drain,
+                devices: a.devices,
+                echo: false,
+                offline_partners: a.offline_partners,
+            },
+        }
     });
     let mut fleet = Fleet::spawn(&specs).await?;
     fleet
@@ -588,6 +638,8 @@ enum Goals {
     /// `phones`: the real workload's cost per message, latency and stalls
     /// (issue 12's goals).
     Phones,
+    /// `xmpp`: another server's figures, for comparison: no goals.
+    Compare,
 }
 
 impl Goals {
@@ -595,6 +647,7 @@ impl Goals {
         match scenario {
             "latency" => Self::Latency,
             "phones" => Self::Phones,
+            "xmpp" => Self::Compare,
             _ => Self::Throughput,
         }
     }
@@ -667,7 +720,7 @@ fn chat_figures(report: &Report, a: &ChatArgs, rate: f64, goals: Goals) -> Vec<F
             f.push(Figure::new("p99_ms", p99, "ms").goal(Op::AtMost, 5.0));
             f.push(Figure::new("p999_ms", p999, "ms"));
         }
-        Goals::Throughput => {
+        Goals::Throughput | Goals::Compare => {
             f.push(Figure::new("p50_ms", p50, "ms"));
             f.push(Figure::new("p99_ms", p99, "ms"));
             f.push(Figure::new("p999_ms", p999, "ms"));
@@ -757,12 +810,52 @@ impl From<PhonesArgs> for ChatArgs {
             max_steps: a.max_steps,
             max_p99_ms: a.max_p99_ms,
             offline_partners: false,
+            xmpp: None,
         }
     }
 }
 
 pub async fn phones(a: PhonesArgs) -> anyhow::Result<RunResult> {
     chat(a.into(), "phones").await
+}
+
+// ---------------------------------------------------------------------------
+// xmpp: the same workload against an XMPP server
+
+/// `phones` against an XMPP server (ejabberd from `bench/ejabberd.sh`):
+/// the same pairs, rate, bodies and schedule over plain TCP XMPP streams
+/// with anonymous logins. With `--receipts` each message asks for an
+/// XEP-0184 receipt, which the partner sends back at once, and a message
+/// is done at its receipt; without, at its delivery. Give `--server-pid`
+/// (ejabberd's `beam.smp`) for its CPU per message.
+#[derive(Args, Clone, Debug, Serialize)]
+pub struct XmppArgs {
+    #[command(flatten)]
+    pub phones: PhonesArgs,
+    /// The XMPP server's client port; loopback only.
+    #[arg(long, default_value = "127.0.0.1:15222")]
+    pub xmpp: std::net::SocketAddrV4,
+    /// Ask for and send back XEP-0184 delivery receipts.
+    #[arg(long)]
+    pub receipts: bool,
+}
+
+pub async fn xmpp(a: XmppArgs) -> anyhow::Result<RunResult> {
+    if !a.xmpp.ip().is_loopback() {
+        bail!("--xmpp must be a loopback address, not {}", a.xmpp);
+    }
+    if a.phones.body < crate::jobs::XMPP_MIN_BODY {
+        bail!(
+            "--body must be at least {} for xmpp",
+            crate::jobs::XMPP_MIN_BODY
+        );
+    }
+    let mut chat: ChatArgs = a.phones.into();
+    chat.xmpp = Some(XmppTarget {
+        addr: a.xmpp,
+        receipts: a.receipts,
+    });
+    self::chat(chat, "xmpp").await
 }
 
 // ---------------------------------------------------------------------------

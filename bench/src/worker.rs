@@ -89,6 +89,16 @@ pub enum Job {
         window: usize,
         max_secs: f64,
     },
+    /// Chat's pairs against an XMPP server (no users: anonymous logins):
+    /// `users` is the range of sessions, in pairs.
+    Xmpp {
+        addr: std::net::SocketAddrV4,
+        rate: f64,
+        secs: f64,
+        body_len: usize,
+        drain_secs: f64,
+        receipts: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -62,7 +62,7 @@ pub async fn run(
                 let source = ctx.sources.nth(next_source.fetch_add(1, Ordering::Relaxed));
                 let t0 = Instant::now();
                 let result = timeout(LOGIN_TIMEOUT, async {
-                    let mut conn = ctx.connector.connect(source, &user.token).await?;
+                    let mut conn = ctx.connector()?.connect(source, &user.token).await?;
                     conn.login().await?;
                     Ok::<_, ConnError>(conn)
                 })

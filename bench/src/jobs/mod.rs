@@ -10,6 +10,9 @@ mod chat;
 mod idle;
 mod login;
 mod offline;
+mod xmpp;
+
+pub use xmpp::MIN_BODY as XMPP_MIN_BODY;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,7 +39,8 @@ const SPARE_FILES: u64 = 64;
 /// What the session tasks of a worker share.
 #[derive(Debug)]
 pub struct Ctx {
-    pub connector: Connector,
+    /// The Parley gateway's connector; `None` in an XMPP worker.
+    pub connector: Option<Connector>,
     pub sources: SourcePool,
     /// Bounds connects in flight, so opening 19,000 sessions is a steady
     /// stream and not a burst past the server's accept backlog.
@@ -83,6 +87,13 @@ impl Ctx {
         }
     }
 
+    /// The Parley connector (every job but XMPP has one).
+    pub fn connector(&self) -> Result<&Connector, ConnError> {
+        self.connector
+            .as_ref()
+            .ok_or_else(|| ConnError::Protocol("this worker has no Parley target".into()))
+    }
+
     fn take_report(&self) -> Report {
         std::mem::take(&mut self.rec().report)
     }
@@ -94,7 +105,7 @@ impl Ctx {
         let t0 = Instant::now();
         let result = timeout(LOGIN_TIMEOUT, async {
             let mut conn = self
-                .connector
+                .connector()?
                 .connect(self.sources.nth(i), &user.token)
                 .await?;
             let stale = conn.login().await?;
@@ -145,9 +156,15 @@ pub async fn run_worker() -> anyhow::Result<()> {
         _ => spec.users.len(),
     };
     ensure_files(sessions as u64 + SPARE_FILES)?;
-    let tls = parley_client::tls_config_from_file(&spec.ca)?;
-    let target = Target::parse(&spec.ws)?;
+    let connector = match &spec.job {
+        Job::Xmpp { .. } => None,
+        _ => {
+            let tls = parley_client::tls_config_from_file(&spec.ca)?;
+            Some(Connector::new(Target::parse(&spec.ws)?, tls))
+        }
+    };
     let users = match &spec.tokens {
+        _ if matches!(spec.job, Job::Xmpp { .. }) => Vec::new(),
         Some(path) => users::load(path, spec.users.clone())?,
         None => users::synthetic(spec.users.clone()),
     };
@@ -158,13 +175,16 @@ pub async fn run_worker() -> anyhow::Result<()> {
             secs, drain_secs, ..
         } => (secs + drain_secs).ceil() as usize + 2,
         Job::Offline { max_secs, .. } => max_secs.ceil() as usize + 2,
+        Job::Xmpp {
+            secs, drain_secs, ..
+        } => (secs + drain_secs).ceil() as usize + 2,
     };
     let ping_secs = match &spec.job {
         Job::Idle { ping_secs, .. } => *ping_secs,
         _ => 60,
     };
     let ctx = Arc::new(Ctx {
-        connector: Connector::new(target, tls),
+        connector,
         sources: SourcePool::for_worker(spec.index),
         connect_permits: Semaphore::new(spec.connect_concurrency.max(1)),
         rec: Mutex::new(Recorder::new(series_secs)),
@@ -222,6 +242,24 @@ pub async fn run_worker() -> anyhow::Result<()> {
                 max_secs,
             };
             offline::run(&ctx, &users, ctl, params).await?
+        }
+        Job::Xmpp {
+            addr,
+            rate,
+            secs,
+            body_len,
+            drain_secs,
+            receipts,
+        } => {
+            let params = xmpp::Params {
+                addr,
+                rate,
+                secs,
+                body_len,
+                drain_secs,
+                receipts,
+            };
+            xmpp::run(&ctx, spec.users.len(), ctl, params).await?
         }
     };
     crate::worker::emit(&ToCoordinator::Done {

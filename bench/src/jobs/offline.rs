@@ -174,10 +174,10 @@ async fn queue(
 async fn drain(ctx: &Ctx, source: usize, user: &User, expected: u64, bound: Instant) {
     let permit = ctx.connect_permits.acquire().await;
     let t0 = Instant::now();
-    let conn = ctx
-        .connector
-        .connect(ctx.sources.nth(source), &user.token)
-        .await;
+    let conn = match ctx.connector() {
+        Ok(c) => c.connect(ctx.sources.nth(source), &user.token).await,
+        Err(e) => Err(e),
+    };
     drop(permit);
     let mut conn = match conn {
         Ok(c) => c,
