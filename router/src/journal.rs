@@ -182,7 +182,7 @@ pub(crate) enum RecordKind {
     /// (the sender's devices when it was sent; empty: the sending device).
     Message {
         sender: Device,
-        notify: Option<Arc<[DeviceId]>>,
+        notify: Option<crate::memory::Notify>,
     },
     /// A receipt or a read-sync (acknowledged alike).
     Receipt,
@@ -294,7 +294,7 @@ impl QueuedRecord {
             RecordKind::Message { sender, notify } => {
                 out.push(0);
                 put_device(out, *sender);
-                let notify = notify.as_deref().unwrap_or(&[]);
+                let notify = notify.as_deref().map_or(&[][..], Vec::as_slice);
                 put_u16(out, notify.len());
                 for device in notify {
                     out.extend_from_slice(&device.to_le_bytes());
@@ -335,7 +335,7 @@ impl QueuedRecord {
                 }
                 RecordKind::Message {
                     sender,
-                    notify: (!notify.is_empty()).then(|| notify.into()),
+                    notify: (!notify.is_empty()).then(|| Arc::new(notify)),
                 }
             }
             1 => RecordKind::Receipt,

@@ -43,10 +43,11 @@ use crate::journal::{
 use crate::live::Live;
 use crate::metrics::RouterMetrics;
 use crate::{
-    Accepted, Attached, Census, Device, DeviceId, Outgoing, Payload, Read, Router, RouterError,
-    SendError, SessionId, Submitted, frames,
+    Accepted, Attached, Census, Device, Outgoing, Payload, Read, Router, RouterError, SendError,
+    SessionId, Submitted, frames,
 };
-use mailbox::{Entry, Kind, Mailbox};
+pub(crate) use mailbox::Notify;
+use mailbox::{Entry, Mailbox};
 use sent::{Sent, SentLog};
 
 /// Settings of the memory router.
@@ -246,19 +247,10 @@ impl MemoryRouter {
         self.inner.ids.resume_after(replayed.max_id());
         let window = self.window();
         for record in replayed.queued {
-            let kind = match &record.kind {
-                RecordKind::Message { sender, notify } => {
-                    restored.messages += 1;
-                    Kind::Message {
-                        sender: *sender,
-                        notify: notify.clone(),
-                    }
-                }
-                RecordKind::Receipt => {
-                    restored.receipts += 1;
-                    Kind::Receipt
-                }
-            };
+            match &record.kind {
+                RecordKind::Message { .. } => restored.messages += 1,
+                RecordKind::Receipt => restored.receipts += 1,
+            }
             for (at, target) in record.targets.iter().enumerate() {
                 let Some(frame) = record.frame(at) else {
                     continue;
@@ -270,11 +262,15 @@ impl MemoryRouter {
                     .entry(*target)
                     .or_default()
                     .push(
-                        Entry {
-                            id: record.id,
-                            kind: kind.clone(),
-                            frame: frame.clone(),
-                            durable: true,
+                        match &record.kind {
+                            RecordKind::Message { sender, notify } => Entry::message(
+                                record.id,
+                                frame.clone(),
+                                *sender,
+                                notify.clone(),
+                                true,
+                            ),
+                            RecordKind::Receipt => Entry::receipt(record.id, frame.clone(), true),
                         },
                         window,
                     );
@@ -455,7 +451,7 @@ impl MemoryRouter {
             Payload::PerDevice(_) => None,
         };
         let notify = (msg.from_devices.as_slice() != [from.device])
-            .then(|| Arc::<[DeviceId]>::from(msg.from_devices.as_slice()));
+            .then(|| Arc::new(msg.from_devices.as_slice().to_vec()));
         let journaled = self.journaled();
         let mut queued: Vec<Device> = Vec::with_capacity(targets.len());
         let mut per_target: Vec<Bytes> = Vec::new();
@@ -472,15 +468,7 @@ impl MemoryRouter {
                 }
                 (None, None) => continue,
             };
-            let entry = Entry {
-                id: message_id,
-                kind: Kind::Message {
-                    sender: from,
-                    notify: notify.clone(),
-                },
-                frame: frame.clone(),
-                durable: !journaled,
-            };
+            let entry = Entry::message(message_id, frame.clone(), from, notify.clone(), !journaled);
             if self.push(*target, entry, Some(bytes), true) {
                 queued.push(*target);
                 if shared.is_none() {
@@ -563,12 +551,7 @@ impl MemoryRouter {
             let frame = frame_of(receipt_id, ids.to_vec());
             let mut targets = Vec::with_capacity(to.len());
             for &device in to {
-                let entry = Entry {
-                    id: receipt_id,
-                    kind: Kind::Receipt,
-                    frame: frame.clone(),
-                    durable: !journaled,
-                };
+                let entry = Entry::receipt(receipt_id, frame.clone(), !journaled);
                 if self.push(device, entry, None, wake) {
                     targets.push(device);
                 }
@@ -643,11 +626,11 @@ impl Default for MemoryRouter {
 fn by_notified(by: Device, entries: &[Entry]) -> Vec<(Vec<Device>, Vec<u64>)> {
     let mut groups: Vec<(Vec<Device>, Vec<u64>)> = Vec::new();
     for entry in entries {
-        match &entry.kind {
-            Kind::Message { sender, .. } if sender.user != by.user => {}
+        match entry.sender() {
+            Some(sender) if sender.user != by.user => {}
             _ => continue,
         }
-        let notified: Vec<Device> = entry.kind.notified().collect();
+        let notified: Vec<Device> = entry.notified().collect();
         match groups.iter_mut().find(|(to, _)| *to == notified) {
             Some((_, ids)) => ids.push(entry.id),
             None => groups.push((notified, vec![entry.id])),
@@ -871,10 +854,11 @@ impl Router for MemoryRouter {
                     if journaled {
                         released.push((entry.id, *device));
                     }
-                    match entry.kind {
-                        Kind::Message { .. } => metrics.messages_expired.inc(),
-                        Kind::Receipt => metrics.receipts_expired.inc(),
-                    };
+                    if entry.is_message() {
+                        metrics.messages_expired.inc();
+                    } else {
+                        metrics.receipts_expired.inc();
+                    }
                 }
                 mailbox.pump(self.inner.config.window);
                 !mailbox.is_idle()
