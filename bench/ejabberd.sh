@@ -8,7 +8,10 @@
 # Its files live in $EJB_DIR (default /tmp/parley-ejabberd): the config
 # from bench/ejabberd/ejabberd.yml with PORT (default 15222), its mnesia
 # spool and its log. Only this script's own node (parleybench@localhost)
-# is started or stopped.
+# is started or stopped. EJB_ERL adds flags to the Erlang VM, e.g.
+# EJB_ERL='+sbwt none +sbwtdcpu none +sbwtdio none' (schedulers that do
+# not spin while waiting: the VM's default spins, which costs CPU time at
+# low load).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${EJB_DIR:-/tmp/parley-ejabberd}
@@ -32,7 +35,8 @@ case "${1:-}" in
     mkdir -p "$dir/spool" "$dir/logs"
     sed "s/@PORT@/$port/" "$here/ejabberd/ejabberd.yml" > "$dir/ejabberd.yml"
     cp /etc/ejabberd/inetrc "$dir/inetrc"
-    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH=%s/ejabberd.pid\n' "$dir" > "$dir/ejabberdctl.cfg"
+    printf 'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 %s"\nEJABBERD_PID_PATH=%s/ejabberd.pid\n' \
+      "${EJB_ERL:-}" "$dir" > "$dir/ejabberdctl.cfg"
     [ ${#as_user[@]} -eq 0 ] || chown -R ejabberd "$dir"
     ulimit -n "$(ulimit -Hn)"
     rm -f "$dir/ejabberd.pid"
