@@ -582,14 +582,14 @@ async fn chat_run(c: &Common, creds: &Creds, a: &ChatArgs, rate: f64) -> anyhow:
     let specs = c.specs(creds, ranges, |i| {
         let rate = rate * pair_ranges[i].len() as f64 / a.pairs as f64;
         match &a.xmpp {
-            Some(x) => Job::Xmpp {
+            Some(x) => Job::Xmpp(crate::jobs::XmppParams {
                 addr: x.addr,
                 rate,
                 secs: a.duration,
                 body_len: a.body,
                 drain_secs: a.drain,
                 receipts: x.receipts,
-            },
+            }),
             None => Job::Chat {
                 rate,
                 secs: a.duration,

@@ -398,6 +398,17 @@ impl Recorder {
         self.report.counters.last_done_us = self.report.counters.last_done_us.max(us);
     }
 
+    /// A message done at `now` (its first receipt, or where a run counts
+    /// delivery as done, its delivery), `latency` after it was due.
+    pub fn receipt(&mut self, now: std::time::Instant, latency: std::time::Duration) {
+        self.report.counters.receipts += 1;
+        self.report.hists.receipt.record(latency);
+        self.done_at(now);
+        let second = self.second(now);
+        second.receipts += 1;
+        second.latency.record(latency);
+    }
+
     /// The series bucket `now` falls in.
     pub fn second(&mut self, now: std::time::Instant) -> &mut Second {
         let elapsed = now.saturating_duration_since(self.start);

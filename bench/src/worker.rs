@@ -91,14 +91,7 @@ pub enum Job {
     },
     /// Chat's pairs against an XMPP server (no users: anonymous logins):
     /// `users` is the range of sessions, in pairs.
-    Xmpp {
-        addr: std::net::SocketAddrV4,
-        rate: f64,
-        secs: f64,
-        body_len: usize,
-        drain_secs: f64,
-        receipts: bool,
-    },
+    Xmpp(crate::jobs::XmppParams),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

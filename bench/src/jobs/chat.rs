@@ -288,12 +288,7 @@ fn on_frame(ctx: &Ctx, s: &mut Sender, incoming: Incoming) {
                 let intended = *intended;
                 // The first receipt is the message's two checkmarks.
                 if *due == s.receipts_each {
-                    rec.report.counters.receipts += 1;
-                    rec.report.hists.receipt.record(now - intended);
-                    rec.done_at(now.into_std());
-                    let second = rec.second(now.into_std());
-                    second.receipts += 1;
-                    second.latency.record(now - intended);
+                    rec.receipt(now.into_std(), now - intended);
                 }
                 *due -= 1;
                 if *due == 0 {

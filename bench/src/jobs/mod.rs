@@ -12,7 +12,7 @@ mod login;
 mod offline;
 mod xmpp;
 
-pub use xmpp::MIN_BODY as XMPP_MIN_BODY;
+pub use xmpp::{MIN_BODY as XMPP_MIN_BODY, Params as XmppParams};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -157,14 +157,14 @@ pub async fn run_worker() -> anyhow::Result<()> {
     };
     ensure_files(sessions as u64 + SPARE_FILES)?;
     let connector = match &spec.job {
-        Job::Xmpp { .. } => None,
+        Job::Xmpp(_) => None,
         _ => {
             let tls = parley_client::tls_config_from_file(&spec.ca)?;
             Some(Connector::new(Target::parse(&spec.ws)?, tls))
         }
     };
     let users = match &spec.tokens {
-        _ if matches!(spec.job, Job::Xmpp { .. }) => Vec::new(),
+        _ if matches!(spec.job, Job::Xmpp(_)) => Vec::new(),
         Some(path) => users::load(path, spec.users.clone())?,
         None => users::synthetic(spec.users.clone()),
     };
@@ -175,9 +175,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
             secs, drain_secs, ..
         } => (secs + drain_secs).ceil() as usize + 2,
         Job::Offline { max_secs, .. } => max_secs.ceil() as usize + 2,
-        Job::Xmpp {
-            secs, drain_secs, ..
-        } => (secs + drain_secs).ceil() as usize + 2,
+        Job::Xmpp(p) => (p.secs + p.drain_secs).ceil() as usize + 2,
     };
     let ping_secs = match &spec.job {
         Job::Idle { ping_secs, .. } => *ping_secs,
@@ -243,24 +241,7 @@ pub async fn run_worker() -> anyhow::Result<()> {
             };
             offline::run(&ctx, &users, ctl, params).await?
         }
-        Job::Xmpp {
-            addr,
-            rate,
-            secs,
-            body_len,
-            drain_secs,
-            receipts,
-        } => {
-            let params = xmpp::Params {
-                addr,
-                rate,
-                secs,
-                body_len,
-                drain_secs,
-                receipts,
-            };
-            xmpp::run(&ctx, spec.users.len(), ctl, params).await?
-        }
+        Job::Xmpp(params) => xmpp::run(&ctx, spec.users.len(), ctl, params).await?,
     };
     crate::worker::emit(&ToCoordinator::Done {
         report: Box::new(report),

@@ -45,7 +45,7 @@ pub const MIN_BODY: usize = 32;
 const STREAM_HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='localhost' \
     xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     /// The XMPP server's client port (loopback).
     pub addr: SocketAddrV4,
@@ -452,13 +452,10 @@ async fn sender_loop(
             }
             last_seq = seq;
             got += 1;
-            let latency = now.saturating_duration_since(ctx.unstamp(stamp));
-            rec.report.counters.receipts += 1;
-            rec.report.hists.receipt.record(latency);
-            rec.done_at(now.into_std());
-            let second = rec.second(now.into_std());
-            second.receipts += 1;
-            second.latency.record(latency);
+            rec.receipt(
+                now.into_std(),
+                now.saturating_duration_since(ctx.unstamp(stamp)),
+            );
         }
         Ok::<u64, XmppError>(got)
     };
@@ -545,12 +542,7 @@ async fn recipient_loop(
             rec.second(now.into_std()).delivered += 1;
             if !p.receipts {
                 // Done at delivery: the receipt figures are the delivery's.
-                rec.report.counters.receipts += 1;
-                rec.report.hists.receipt.record(latency);
-                rec.done_at(now.into_std());
-                let second = rec.second(now.into_std());
-                second.receipts += 1;
-                second.latency.record(latency);
+                rec.receipt(now.into_std(), latency);
             }
         }
     }
