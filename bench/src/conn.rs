@@ -47,6 +47,10 @@ const ENCODE_BUFFER_BYTES: usize = 1024;
 /// number and the intended send time, so the recipient can tell loss,
 /// duplicates and latency without asking the sender.
 pub const STAMP_BYTES: usize = 16;
+/// Bodies this long or longer also carry, in bytes 16..24, when the
+/// generator wrote the send: the latency from there leaves out the
+/// generator's own lateness.
+pub const WRITTEN_STAMP_BYTES: usize = 24;
 
 /// Why a session could not be opened or ended.
 #[derive(Debug, thiserror::Error)]
@@ -240,16 +244,23 @@ impl Conn {
         }
     }
 
-    /// Queues a `Send` whose body starts with `seq` and `stamp_ns` and is
-    /// padded with zeros to `body_len` (at least [`STAMP_BYTES`]).
+    /// Queues a `Send` whose body starts with `seq` and `stamp_ns` (and,
+    /// from [`WRITTEN_STAMP_BYTES`] on, `written_ns`) and is padded with
+    /// zeros to `body_len` (at least [`STAMP_BYTES`]).
     pub async fn feed_send(
         &mut self,
         client_msg_id: u64,
         to_user: u64,
-        stamp_ns: u64,
+        [stamp_ns, written_ns]: [u64; 2],
         body_len: usize,
     ) -> Result<(), ConnError> {
-        let frame = encode_send(&mut self.buf, client_msg_id, to_user, stamp_ns, body_len);
+        let frame = encode_send(
+            &mut self.buf,
+            client_msg_id,
+            to_user,
+            [stamp_ns, written_ns],
+            body_len,
+        );
         self.feed(Message::Binary(frame)).await
     }
 
@@ -321,7 +332,7 @@ pub fn encode_send(
     buf: &mut BytesMut,
     client_msg_id: u64,
     to_user: u64,
-    stamp_ns: u64,
+    [stamp_ns, written_ns]: [u64; 2],
     body_len: usize,
 ) -> Bytes {
     use prost::encoding::{encode_varint, encoded_len_varint};
@@ -345,7 +356,12 @@ pub fn encode_send(
     encode_varint(body_len as u64, buf);
     buf.put_u64_le(client_msg_id);
     buf.put_u64_le(stamp_ns);
-    buf.put_bytes(0, body_len - STAMP_BYTES);
+    if body_len >= WRITTEN_STAMP_BYTES {
+        buf.put_u64_le(written_ns);
+        buf.put_bytes(0, body_len - WRITTEN_STAMP_BYTES);
+    } else {
+        buf.put_bytes(0, body_len - STAMP_BYTES);
+    }
     buf.split().freeze()
 }
 
@@ -355,6 +371,13 @@ pub fn read_stamp(body: &[u8]) -> Option<(u64, u64)> {
     let seq = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
     let ns = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
     Some((seq, ns))
+}
+
+/// When the generator wrote the send whose body this is (ns from the
+/// epoch); `None` for a body too short to say.
+pub fn read_written(body: &[u8]) -> Option<u64> {
+    let ns = u64::from_le_bytes(body.get(16..24)?.try_into().ok()?);
+    (ns != 0).then_some(ns)
 }
 
 #[cfg(test)]
@@ -370,10 +393,13 @@ mod tests {
             (300, u64::MAX, 100),
             (u64::MAX, 7, 5000),
         ] {
-            let ours = encode_send(&mut buf, cmid, to, 42, len);
+            let ours = encode_send(&mut buf, cmid, to, [42, 43], len);
             let mut body = Vec::new();
             body.extend_from_slice(&cmid.to_le_bytes());
             body.extend_from_slice(&42u64.to_le_bytes());
+            if len >= WRITTEN_STAMP_BYTES {
+                body.extend_from_slice(&43u64.to_le_bytes());
+            }
             body.resize(len, 0);
             let theirs = ClientFrame {
                 frame: Some(client_frame::Frame::Send(Send {
@@ -398,6 +424,10 @@ mod tests {
                 panic!("a send");
             };
             assert_eq!(read_stamp(&s.body), Some((cmid, 42)));
+            assert_eq!(
+                read_written(&s.body),
+                (len >= WRITTEN_STAMP_BYTES).then_some(43)
+            );
         }
     }
 

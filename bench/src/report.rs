@@ -126,6 +126,7 @@ impl RunResult {
             ("login", &h.login),
             ("ack", &h.ack),
             ("deliver", &h.deliver),
+            ("deliver_from_write", &h.deliver_from_write),
             ("receipt", &h.receipt),
             ("echo", &h.echo),
             ("lag", &h.lag),
@@ -202,13 +203,13 @@ impl RunResult {
         if !self.latency.is_empty() {
             let _ = writeln!(
                 s,
-                "latency (ms)   count        p50       p99     p99.9       max"
+                "latency (ms)           count        p50       p99     p99.9       max"
             );
             for (name, l) in &self.latency {
                 let ms = |us: u64| us as f64 / 1000.0;
                 let _ = writeln!(
                     s,
-                    "  {name:<10} {:>9} {:>10.3} {:>9.3} {:>9.3} {:>9.3}",
+                    "  {name:<18} {:>9} {:>10.3} {:>9.3} {:>9.3} {:>9.3}",
                     l.count,
                     ms(l.p50_us),
                     ms(l.p99_us),

@@ -745,6 +745,12 @@ fn chat_figures(report: &Report, a: &ChatArgs, rate: f64, goals: Goals) -> Vec<F
     f.push(Figure::new("deliver_p99_ms", ms(d.p99_us), "ms"));
     f.push(Figure::new("deliver_p999_ms", ms(d.p999_us), "ms"));
     f.push(Figure::new("deliver_max_ms", ms(d.max_us), "ms"));
+    // From when the send was written: the server's part of the delivery.
+    let w = report.hists.deliver_from_write.summary();
+    if w.count > 0 {
+        f.push(Figure::new("deliver_from_write_p50_ms", ms(w.p50_us), "ms"));
+        f.push(Figure::new("deliver_from_write_p99_ms", ms(w.p99_us), "ms"));
+    }
     let ack = report.hists.ack.summary();
     f.push(Figure::new("ack_p50_ms", ms(ack.p50_us), "ms"));
     f.push(Figure::new("ack_p99_ms", ms(ack.p99_us), "ms"));

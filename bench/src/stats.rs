@@ -326,6 +326,11 @@ pub struct Hists {
     pub ack: Latency,
     /// Intended send time to Deliver at the recipient.
     pub deliver: Latency,
+    /// The moment the generator wrote the send to Deliver at the
+    /// recipient: the server's part (and the kernel's), without the
+    /// generator's lateness (`lag`). Not open loop: a generator that falls
+    /// behind hides the server's queueing here, never in `deliver`.
+    pub deliver_from_write: Latency,
     /// Intended send time to the DELIVERED receipt at the sender.
     pub receipt: Latency,
     /// Intended send time to the echo (floor).
@@ -341,6 +346,7 @@ impl Hists {
         self.login.merge(&o.login);
         self.ack.merge(&o.ack);
         self.deliver.merge(&o.deliver);
+        self.deliver_from_write.merge(&o.deliver_from_write);
         self.receipt.merge(&o.receipt);
         self.echo.merge(&o.echo);
         self.lag.merge(&o.lag);

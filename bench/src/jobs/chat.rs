@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{Ctx, halted};
-use crate::conn::{Conn, ConnError, Incoming, read_stamp};
+use crate::conn::{Conn, ConnError, Incoming, read_stamp, read_written};
 use crate::pacing::{Schedule, share};
 use crate::stats::Report;
 use crate::users::User;
@@ -183,8 +183,8 @@ async fn sender_loop(
             while next < due_end && s.unacked.len() < p.window {
                 let intended = schedule.intended(next);
                 let cmid = base + next + 1;
-                conn.feed_send(cmid, to, ctx.stamp(intended), p.body_len)
-                    .await?;
+                let stamps = [ctx.stamp(intended), ctx.stamp(Instant::now())];
+                conn.feed_send(cmid, to, stamps, p.body_len).await?;
                 s.unacked.push_back((cmid, intended));
                 next += 1;
                 wrote = true;
@@ -403,6 +403,10 @@ fn on_delivery(
     let latency = now.saturating_duration_since(ctx.unstamp(stamp));
     rec.report.counters.delivered += 1;
     rec.report.hists.deliver.record(latency);
+    if let Some(written) = read_written(&d.body) {
+        let server = now.saturating_duration_since(ctx.unstamp(written));
+        rec.report.hists.deliver_from_write.record(server);
+    }
     rec.second(now.into_std()).delivered += 1;
 }
 
@@ -451,8 +455,8 @@ async fn echo_loop(
             let mut wrote = false;
             while next < due_end && unacked.len() < p.window {
                 let intended = schedule.intended(next);
-                conn.feed_send(next + 1, 0, ctx.stamp(intended), p.body_len)
-                    .await?;
+                let stamps = [ctx.stamp(intended), ctx.stamp(Instant::now())];
+                conn.feed_send(next + 1, 0, stamps, p.body_len).await?;
                 unacked.push_back((next + 1, intended));
                 next += 1;
                 wrote = true;

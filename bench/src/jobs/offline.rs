@@ -116,7 +116,7 @@ async fn queue(
             while g < p.messages && unacked.len() < p.window {
                 let to = recipients[(g % recipients.len() as u64) as usize];
                 let now = Instant::now();
-                conn.feed_send(base + g + 1, to, ctx.stamp(now), p.body_len)
+                conn.feed_send(base + g + 1, to, [ctx.stamp(now); 2], p.body_len)
                     .await?;
                 unacked.push_back(now);
                 g += p.senders as u64;

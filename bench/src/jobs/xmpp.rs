@@ -40,8 +40,9 @@ use crate::worker::{Control, ToCoordinator, emit};
 
 /// A login must finish within this (connect, SASL, bind, presence).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Body bytes a message carries at least: two 16-digit hex numbers.
-pub const MIN_BODY: usize = 32;
+/// Body bytes a message carries at least: three 16-digit hex numbers
+/// (sequence, due time, written time).
+pub const MIN_BODY: usize = 48;
 const STREAM_HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='localhost' \
     xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
@@ -275,10 +276,10 @@ impl Session {
     }
 }
 
-/// The body of message `seq` sent at `stamp` (ns from the epoch), padded
-/// to `len` bytes.
-pub fn body(seq: u64, stamp: u64, len: usize) -> String {
-    let mut b = format!("{seq:016x}{stamp:016x}");
+/// The body of message `seq` due at `stamp` and written at `written` (ns
+/// from the epoch), padded to `len` bytes.
+pub fn body(seq: u64, stamp: u64, written: u64, len: usize) -> String {
+    let mut b = format!("{seq:016x}{stamp:016x}{written:016x}");
     while b.len() < len {
         b.push('x');
     }
@@ -290,6 +291,11 @@ pub fn read_body(body: &str) -> Option<(u64, u64)> {
     let seq = u64::from_str_radix(body.get(0..16)?, 16).ok()?;
     let stamp = u64::from_str_radix(body.get(16..32)?, 16).ok()?;
     Some((seq, stamp))
+}
+
+/// When the send whose body this is was written.
+pub fn read_written(body: &str) -> Option<u64> {
+    u64::from_str_radix(body.get(32..48)?, 16).ok()
 }
 
 async fn open(ctx: &Ctx, i: usize, addr: SocketAddrV4) -> Option<Session> {
@@ -417,7 +423,7 @@ async fn sender_loop(
             let stamp = ctx.stamp(intended);
             let msg = format!(
                 "<message to='{to}' type='chat' id='{seq:016x}{stamp:016x}'><body>{}</body>{request}</message>",
-                body(seq, stamp, p.body_len)
+                body(seq, stamp, ctx.stamp(Instant::now()), p.body_len)
             );
             writer.write_all(msg.as_bytes()).await?;
             next += 1;
@@ -539,6 +545,10 @@ async fn recipient_loop(
             let latency = now.saturating_duration_since(ctx.unstamp(stamp));
             rec.report.counters.delivered += 1;
             rec.report.hists.deliver.record(latency);
+            if let Some(written) = read_written(&s.body) {
+                let server = now.saturating_duration_since(ctx.unstamp(written));
+                rec.report.hists.deliver_from_write.record(server);
+            }
             rec.second(now.into_std()).delivered += 1;
             if !p.receipts {
                 // Done at delivery: the receipt figures are the delivery's.
@@ -643,10 +653,11 @@ mod tests {
 
     #[test]
     fn a_body_carries_its_sequence_and_stamp_at_its_length() {
-        let b = body(42, 1_234_567_890, 64);
+        let b = body(42, 1_234_567_890, 1_234_567_999, 64);
         assert_eq!(b.len(), 64);
         assert_eq!(read_body(&b), Some((42, 1_234_567_890)));
-        assert_eq!(body(1, 2, 10).len(), MIN_BODY);
+        assert_eq!(read_written(&b), Some(1_234_567_999));
+        assert_eq!(body(1, 2, 3, 10).len(), MIN_BODY);
         assert_eq!(read_body("not hex at all, not at all, nope"), None);
         assert_eq!(read_body("short"), None);
     }
