@@ -194,6 +194,11 @@ impl Common {
 
 fn check(common: &Common, mut problems: Vec<String>) -> anyhow::Result<()> {
     problems.extend(common.problems());
+    refuse(problems)
+}
+
+/// Fails with every problem, if there is one.
+fn refuse(problems: Vec<String>) -> anyhow::Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
@@ -488,9 +493,7 @@ pub async fn chat(a: ChatArgs, scenario: &str) -> anyhow::Result<RunResult> {
         // Anonymous logins: no users, no certificate.
         let mut p = a.problems();
         p.extend(c.problems_of_target());
-        if !p.is_empty() {
-            bail!("bad options:\n  {}", p.join("\n  "));
-        }
+        refuse(p)?;
         Creds {
             tokens: None,
             ca: PathBuf::new(),

@@ -101,29 +101,43 @@ impl Ctx {
     /// Connect and log in as `user` from source address number `i`,
     /// recording the login or the failure.
     pub async fn open(&self, i: usize, user: &User) -> Option<Conn> {
-        let _permit = self.connect_permits.acquire().await.ok()?;
-        let t0 = Instant::now();
-        let result = timeout(LOGIN_TIMEOUT, async {
+        let login = async {
             let mut conn = self
                 .connector()?
                 .connect(self.sources.nth(i), &user.token)
                 .await?;
             let stale = conn.login().await?;
             Ok::<_, ConnError>((conn, stale))
-        })
-        .await
-        .unwrap_or(Err(ConnError::Timeout));
-        match result {
-            Ok((conn, stale)) => {
+        };
+        self.logged_in("login failed", login, ConnError::Timeout)
+            .await
+    }
+
+    /// Runs `login` (a session and the stale entries it acked) under a
+    /// connect permit and [`LOGIN_TIMEOUT`] (then `timed_out`), recording
+    /// the login or the failure: what every job's connects share.
+    pub async fn logged_in<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        login: impl std::future::Future<Output = Result<(T, u64), E>>,
+        timed_out: E,
+    ) -> Option<T> {
+        let _permit = self.connect_permits.acquire().await.ok()?;
+        let t0 = Instant::now();
+        match timeout(LOGIN_TIMEOUT, login)
+            .await
+            .unwrap_or(Err(timed_out))
+        {
+            Ok((session, stale)) => {
                 let mut rec = self.rec();
                 rec.report.counters.connected += 1;
                 rec.report.counters.stale += stale;
                 rec.report.hists.login.record(t0.elapsed());
-                Some(conn)
+                Some(session)
             }
             Err(e) => {
                 self.rec().report.counters.connect_failed += 1;
-                self.report_error("login failed", &e);
+                self.report_error(what, &e);
                 None
             }
         }

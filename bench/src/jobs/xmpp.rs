@@ -38,8 +38,6 @@ use crate::pacing::{Schedule, share};
 use crate::stats::Report;
 use crate::worker::{Control, ToCoordinator, emit};
 
-/// A login must finish within this (connect, SASL, bind, presence).
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Body bytes a message carries at least: three 16-digit hex numbers
 /// (sequence, due time, written time).
 pub const MIN_BODY: usize = 48;
@@ -299,24 +297,9 @@ pub fn read_written(body: &str) -> Option<u64> {
 }
 
 async fn open(ctx: &Ctx, i: usize, addr: SocketAddrV4) -> Option<Session> {
-    let _permit = ctx.connect_permits.acquire().await.ok()?;
-    let t0 = Instant::now();
-    let result = timeout(LOGIN_TIMEOUT, Session::open(ctx.sources.nth(i), addr))
+    let login = async { Ok((Session::open(ctx.sources.nth(i), addr).await?, 0)) };
+    ctx.logged_in("XMPP login failed", login, XmppError::Timeout)
         .await
-        .unwrap_or(Err(XmppError::Timeout));
-    match result {
-        Ok(s) => {
-            let mut rec = ctx.rec();
-            rec.report.counters.connected += 1;
-            rec.report.hists.login.record(t0.elapsed());
-            Some(s)
-        }
-        Err(e) => {
-            ctx.rec().report.counters.connect_failed += 1;
-            ctx.report_error("XMPP login failed", &e);
-            None
-        }
-    }
 }
 
 pub async fn run(
